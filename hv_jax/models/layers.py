@@ -1,0 +1,154 @@
+"""Building blocks shared by the SyncDreamer port (channels-last everywhere).
+
+PyTorch conventions reproduced here, because they are easy to get wrong:
+- GroupNorm/LayerNorm use the biased variance, computed in float32 (the original's GroupNorm32 and CLIP
+  LayerNorm cast to float32), with the module's own epsilon (1e-5 torch default, 1e-6 in LDM's Normalize).
+- `grid_sample_2d/3d` follow `torch.nn.functional.grid_sample(mode='bilinear', padding_mode='zeros',
+  align_corners=True)`: the last grid coordinate axis is (x, y[, z]) = (width, height[, depth]).
+- `ConvTranspose3d` follows `torch.nn.ConvTranspose3d(k=3, stride=2, padding=1, output_padding=1)`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class GroupNorm(nn.Module):
+  """torch.nn.GroupNorm on channels-last input [B, ..., C], statistics in float32."""
+  num_groups: int
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    if c % self.num_groups:
+      raise ValueError(f'GroupNorm: {c} channels not divisible by {self.num_groups} groups')
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    g = xf.reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
+    mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+    g = (g - mean) * jax.lax.rsqrt(var + self.epsilon)
+    y = g.reshape(xf.shape) * scale + bias
+    return y.astype(dtype)
+
+
+class LayerNorm(nn.Module):
+  """torch.nn.LayerNorm over the last axis, in float32 (CLIP's LayerNorm subclass casts)."""
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(dtype)
+
+
+def conv(features: int, kernel: int | Sequence[int], *, stride: int = 1, padding: int | None = None,
+         use_bias: bool = True, ndim: int = 2, name: str | None = None, dtype=None) -> nn.Conv:
+  """A torch-style Conv{2,3}d: symmetric integer padding (default kernel//2), stride, bias flag."""
+  ks = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
+  pad = [(k // 2, k // 2) for k in ks] if padding is None else [(padding, padding)] * ndim
+  return nn.Conv(features, ks, strides=(stride,) * ndim, padding=pad, use_bias=use_bias, name=name,
+                 dtype=dtype, param_dtype=jnp.float32)
+
+
+def dense(features: int, *, use_bias: bool = True, name: str | None = None, dtype=None) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=jnp.float32)
+
+
+class ConvTranspose3d(nn.Module):
+  """torch.nn.ConvTranspose3d(in, out, kernel_size=3, stride=2, padding=1, output_padding=1).
+
+  The kernel is stored as [kD, kH, kW, C_in, C_out] (torch's [C_in, C_out, k, k, k] moved to
+  channels-last); the forward pass is the gradient of a strided conv: dilate the input by the stride,
+  pad (k-1-p, k-1-p+output_padding) and correlate with the spatially flipped kernel.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 2
+  padding: int = 1
+  output_padding: int = 1
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    dtype = self.dtype or x.dtype
+    lo = k - 1 - self.padding
+    hi = lo + self.output_padding
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel[::-1, ::-1, ::-1].astype(dtype), window_strides=(1, 1, 1),
+        padding=[(lo, hi)] * 3, lhs_dilation=(self.stride,) * 3,
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    return y + bias.astype(dtype)
+
+
+def upsample_nearest_2x(x):
+  """F.interpolate(scale_factor=2, mode='nearest') on [B, H, W, C]."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _gather_nd(feats, idx):
+  """feats [S..., C] (one batch item), idx [..., ndim] int -> [..., C]."""
+  return feats[tuple(idx[..., i] for i in range(idx.shape[-1]))]
+
+
+def _grid_sample(feats, grid):
+  """Bilinear/trilinear sampling of one batch item, zeros padding, align_corners=True.
+
+  feats: [S_0, ..., S_{n-1}, C] (spatial axes in array order), grid: [..., n] with coordinates in
+  reversed order (x indexes the last spatial axis), each in [-1, 1].
+  """
+  n = grid.shape[-1]
+  sizes = feats.shape[:n]
+  # grid axis j addresses spatial axis n-1-j; align_corners=True: -1 -> 0, 1 -> size-1.
+  pos = jnp.stack([(grid[..., n - 1 - a] + 1) / 2 * (sizes[a] - 1) for a in range(n)], -1)
+  base = jnp.floor(pos)
+  frac = pos - base
+  base = base.astype(jnp.int32)
+  out = 0.
+  for corner in np.ndindex(*(2,) * n):
+    off = jnp.asarray(corner, jnp.int32)
+    idx = base + off
+    w = jnp.prod(jnp.where(off == 1, frac, 1 - frac), axis=-1)
+    valid = jnp.all((idx >= 0) & (idx < jnp.asarray(sizes)), axis=-1)
+    val = _gather_nd(feats, jnp.clip(idx, 0, jnp.asarray(sizes) - 1))
+    out = out + val * (w * valid)[..., None].astype(feats.dtype)
+  return out
+
+
+def grid_sample_2d(feats, grid):
+  """feats [B, H, W, C], grid [B, ..., 2] (x, y) -> [B, ..., C]."""
+  return jax.vmap(_grid_sample)(feats, grid)
+
+
+def grid_sample_3d(feats, grid):
+  """feats [B, D, H, W, C], grid [B, ..., 3] (x, y, z) -> [B, ..., C]."""
+  return jax.vmap(_grid_sample)(feats, grid)
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.):
+  """LDM's sinusoidal embedding: [cos(t f), sin(t f)], f_i = exp(-log(max_period) i / (dim/2))."""
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], -1)
+  return emb

@@ -1,0 +1,57 @@
+"""Shared access to a parity fixture set (`HV_PARITY_DIR`, default tests/fixtures/parity).
+
+A set holds `config.json`, `fixtures.npz` and `syncdreamer_tiny.ckpt` recorded from the original PyTorch
+code; sizes, timesteps, elevations and scales are read from the set, never assumed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PARITY_DIR = (ROOT / os.environ.get('HV_PARITY_DIR', 'tests/fixtures/parity')).resolve()
+CKPT = PARITY_DIR / 'syncdreamer_tiny.ckpt'
+
+
+def available() -> bool:
+  return (PARITY_DIR / 'fixtures.npz').is_file() and (PARITY_DIR / 'config.json').is_file()
+
+
+@functools.lru_cache(None)
+def config_json() -> dict:
+  with open(PARITY_DIR / 'config.json') as f:
+    return json.load(f)
+
+
+@functools.lru_cache(None)
+def fixtures() -> dict:
+  with np.load(PARITY_DIR / 'fixtures.npz') as f:
+    return {k: f[k] for k in f.files}
+
+
+def model_config():
+  from hv_jax.models.config import ModelConfig
+  return ModelConfig.from_dict(config_json()['tiny'])
+
+
+@functools.lru_cache(None)
+def converted_params():
+  """The tiny checkpoint converted by the project's real converter (needs torch)."""
+  from convert import syncdreamer
+  params, _ = syncdreamer.convert(str(CKPT), model_config(), progress=False)
+  return params
+
+
+def nhwc(a):
+  """NCHW / NCDHW fixture arrays -> channels-last."""
+  a = np.asarray(a)
+  return np.moveaxis(a, 1, -1)
+
+
+def tolerance(ref, rel: float = 1e-4) -> float:
+  """atol = rel * max(1, max|ref|): ~1e-5 of the output's scale for single forward keys (fixture README)."""
+  return rel * max(1.0, float(np.max(np.abs(ref))))
