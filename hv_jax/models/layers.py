@@ -143,11 +143,33 @@ def grid_sample_3d(feats, grid):
   return jax.vmap(_grid_sample)(feats, grid)
 
 
+def _truncate_mantissa(v: np.float32, bits: int) -> np.float32:
+  """v with only its `bits` leading significand bits kept (so small-integer multiples are exact)."""
+  mask = np.uint32((0xFFFFFFFF << (24 - bits)) & 0xFFFFFFFF)
+  return np.array([v], np.float32).view(np.uint32).__and__(mask).view(np.float32)[0]
+
+
+def _reduce_2pi(x):
+  """x - 2*pi*round(x / 2*pi) for float32 x, accurate to ~1 ulp (Cody-Waite, 3-part 2*pi).
+
+  XLA's float32 sin/cos lose ~3e-5 at arguments near 1000 (the timestep embedding reaches t*1 = 999),
+  where torch's are correctly rounded; reducing first makes both agree to float32 rounding.
+  """
+  hi = np.float32(6.28125)                       # 8 significant bits: k * hi is exact for |k| < 2^16
+  mid = _truncate_mantissa(np.float32(2 * np.pi - 6.28125), 12)  # 12 bits: k * mid exact too
+  lo = np.float32(2 * np.pi - float(hi) - float(mid))
+  k = jnp.round(x / np.float32(2 * np.pi))
+  return ((x - k * hi) - k * mid) - k * lo
+
+
 def timestep_embedding(t, dim: int, max_period: float = 10000.):
   """LDM's sinusoidal embedding: [cos(t f), sin(t f)], f_i = exp(-log(max_period) i / (dim/2))."""
   half = dim // 2
-  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  # Frequencies are constants: exponent in float32 as torch forms it, exp correctly rounded (torch's
+  # float32 exp is within 1 ulp of this; at t ~ 1000 one ulp of f moves t*f by up to ~6e-5).
+  expo = np.float32(-np.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)
+  freqs = jnp.asarray(np.exp(expo.astype(np.float64)).astype(np.float32))
+  args = _reduce_2pi(jnp.asarray(t, jnp.float32)[:, None] * freqs[None])
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
   if dim % 2:
     emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], -1)
