@@ -102,36 +102,45 @@ def sha256(path: str, chunk: int = 1 << 24) -> str:
 
 def target_shapes(config) -> Dict[Tuple[str, ...], Tuple[tuple, object]]:
   """Flat {path: (shape, dtype)} of the Flax params, built by jax.eval_shape (no weights allocated)."""
-  import jax
   from flax import traverse_util
   from hv_jax.models.init import abstract_params
   flat = traverse_util.flatten_dict(abstract_params(config))
   return {k: (tuple(v.shape), v.dtype) for k, v in flat.items()}
 
 
+def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.PREFIXES):
+  """Maps one key onto `targets` ({path: (shape, dtype)}); returns (path, transform) or None.
+
+  Allow-listed keys go to report.unused, unmappable and mis-shaped ones to report.unmapped/misshaped.
+  """
+  reason = names.allowed_unused(key)
+  mapped = names.map_key(key, len(shape), prefixes)
+  if mapped is None or mapped[0] not in targets:
+    if reason is not None:
+      report.unused.append((key, reason))
+    else:
+      report.unmapped.append(key if mapped is None else f'{key} (-> {"/".join(mapped[0])}, not in the model)')
+    return None
+  path, transform = mapped
+  want = targets[path][0]
+  if names.TRANSFORM_SHAPES[transform](tuple(shape)) != want:
+    report.misshaped.append((key, '/'.join(path), tuple(shape), want))
+    return None
+  return mapped
+
+
 def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report, *,
                     prefixes=names.PREFIXES, progress=None) -> Dict[Tuple[str, ...], np.ndarray]:
-  """Maps and converts (key, tensor) pairs onto `targets`; records every problem in `report`."""
+  """Maps and converts (key, tensor) pairs one by one onto `targets`; records every problem in `report`."""
   out: Dict[Tuple[str, ...], np.ndarray] = {}
   sources: Dict[Tuple[str, ...], str] = {}
   for key, tensor in items:
     if progress is not None:
       progress.update(1)
-    shape = tuple(tensor.shape)
-    reason = names.allowed_unused(key)
-    mapped = names.map_key(key, len(shape), prefixes)
-    if mapped is None or mapped[0] not in targets:
-      if reason is not None:
-        report.unused.append((key, reason))
-      else:
-        report.unmapped.append(key if mapped is None else f'{key} (-> {"/".join(mapped[0])}, not in the model)')
+    mapped = plan_key(key, tuple(tensor.shape), targets, report, prefixes=prefixes)
+    if mapped is None:
       continue
     path, transform = mapped
-    want = targets[path][0]
-    got = names.TRANSFORM_SHAPES[transform](shape)
-    if got != want:
-      report.misshaped.append((key, '/'.join(path), shape, want))
-      continue
     if path in sources:
       report.duplicate.append(f'{"/".join(path)} <- {sources[path]}, {key}')
       continue
@@ -140,6 +149,23 @@ def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report
     sources[path] = key
     report.converted += 1
   return out
+
+
+def check_manifest(keys_and_shapes: Iterable[Tuple[str, tuple]], config) -> Report:
+  """Dry run over a key/shape manifest (no tensors): which keys map, which are unused, what is missing."""
+  targets = target_shapes(config)
+  report = Report()
+  covered = set()
+  for key, shape in keys_and_shapes:
+    mapped = plan_key(key, tuple(shape), targets, report)
+    if mapped is not None:
+      if mapped[0] in covered:
+        report.duplicate.append(key)
+      covered.add(mapped[0])
+      report.converted += 1
+  misshaped = {m[1] for m in report.misshaped}
+  report.missing = ['/'.join(p) for p in targets if p not in covered and '/'.join(p) not in misshaped]
+  return report
 
 
 def check_buffers(state_dict, report: Report):
@@ -178,7 +204,8 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
                           'file with --clip ViT-L-14.pt')
   if bar is not None:
     bar.close()
-  report.missing = ['/'.join(p) for p in targets if p not in flat]
+  misshaped = {m[1] for m in report.misshaped}
+  report.missing = ['/'.join(p) for p in targets if p not in flat and '/'.join(p) not in misshaped]
   if not report.ok:
     raise ConversionError(f'{ckpt} does not match the model config ({len(report.unmapped)} unexpected, '
                           f'{len(report.missing)} missing, {len(report.misshaped)} mis-shaped keys):\n'

@@ -77,6 +77,9 @@ class ModelConfig:
   time_embed_dim: int = 256
   viewpoint_dim: int = 4
   target_elevation_deg: float = 30.0
+  # UNetWrapper(use_zero_123=True): the input-latent concat's first 4 channels are divided by the VAE
+  # scale factor before entering the UNet (a Zero123 habit; the trained weights expect it).
+  use_zero_123: bool = True
   unet: UNetConfig = UNetConfig()
   volume: VolumeConfig = VolumeConfig()
   vae: VAEConfig = VAEConfig()
@@ -113,7 +116,7 @@ class ModelConfig:
     sv = d.get('volume', d.get('spatial_volume'))
     kw = dict(unet=sub(UNetConfig, d.get('unet')), volume=sub(VolumeConfig, sv),
               vae=sub(VAEConfig, d.get('vae')), clip=sub(CLIPConfig, d.get('clip')))
-    for k in ('view_num', 'image_size', 'time_embed_dim', 'viewpoint_dim', 'target_elevation_deg'):
+    for k in ('view_num', 'image_size', 'time_embed_dim', 'viewpoint_dim', 'target_elevation_deg', 'use_zero_123'):
       if k in d:
         kw[k] = d[k]
     if sv is not None and 'input_image_size' not in sv and 'image_size' in d:

@@ -100,10 +100,12 @@ class SyncDreamer(nn.Module):
   def eps(self, x_t, t, context, volumes, x_concat):
     """UNetWrapper.forward: x_t, x_concat [M, h, w, 4], t [M], context [M, 1, 768] -> eps [M, h, w, 4].
 
-    As the original (a Zero123 habit), the first 4 concat channels are divided by the VAE scale
-    factor before concatenation.
+    As the original (`use_zero_123`, a Zero123 habit), the first 4 concat channels are divided by the
+    VAE scale factor before concatenation.
     """
-    xc = jnp.asarray(x_concat).at[..., :4].divide(self.config.vae.scale_factor)
+    xc = jnp.asarray(x_concat)
+    if self.config.use_zero_123:
+      xc = xc.at[..., :4].divide(self.config.vae.scale_factor)
     return self.unet(jnp.concatenate([x_t, xc.astype(x_t.dtype)], -1), t, context, volumes)
 
   def __call__(self, image, x_t, t, elevation_in):
