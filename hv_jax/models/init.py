@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hv_jax.models.config import ModelConfig
 from hv_jax.models.syncdreamer import SyncDreamer
@@ -21,6 +22,29 @@ def abstract_params(config: ModelConfig):
 
 
 def random_params(config: ModelConfig, seed: int = 0):
-  """Randomly initialised params (Flax default initialisers; cameras are the real ones)."""
-  model = SyncDreamer(config)
-  return jax.jit(lambda k: model.init(k, *_dummy_inputs(config)))(jax.random.key(seed))['params']
+  """Random params without running the model (compiling `init` of the whole network takes minutes on CPU).
+
+  Kernels ~ N(0, 1/fan_in), norm scales 1, biases 0, CLIP embeddings N(0, 0.02); the cameras are the real
+  ones. For demos and benchmarks only: these are not trained weights.
+  """
+  from flax import traverse_util
+  from hv_jax.models import cameras
+  rng = np.random.default_rng(seed)
+  K, poses, az = cameras.default_cameras(config.view_num, config.image_size)
+  fixed = {('Ks',): K, ('poses',): poses, ('azimuth',): az}
+  out = {}
+  for path, leaf in traverse_util.flatten_dict(abstract_params(config)).items():
+    name, shape = path[-1], leaf.shape
+    if path in fixed:
+      value = fixed[path]
+    elif name == 'scale':
+      value = np.ones(shape, np.float32)
+    elif name == 'bias':
+      value = np.zeros(shape, np.float32)
+    elif name == 'kernel':
+      fan_in = int(np.prod(shape[:-1]))
+      value = rng.normal(0., 1. / np.sqrt(fan_in), shape).astype(np.float32)
+    else:                                           # class/positional embeddings, CLIP projection
+      value = rng.normal(0., 0.02, shape).astype(np.float32)
+    out[path] = jnp.asarray(value)
+  return traverse_util.unflatten_dict(out)

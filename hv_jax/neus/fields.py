@@ -24,6 +24,7 @@ PyTorch details reproduced here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Dict, Tuple
 
@@ -291,6 +292,7 @@ def init_color_params(key, cfg: ColorConfig) -> Params:
   return out
 
 
+@functools.partial(jax.jit, static_argnames='cfg')
 def init_params(key, cfg: NeuSConfig) -> Params:
   """Fresh NeuSRenderer params for training from scratch (geometric init: SDF ~ |x| - bias)."""
   ks, kc = jax.random.split(key)

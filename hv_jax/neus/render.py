@@ -132,7 +132,8 @@ def render_core(params: Params, rays_o, rays_d, z_vals, cfg: NeuSConfig, cos_ann
   """render_impl after sample_depth: alpha from the SDF's logistic CDF at section mid-points.
 
   Returns rgb [R, 3] (white background), mask [R, 1] (sum of weights), normal [R, 3],
-  gradient_error [R, S] ((|grad sdf| - 1)^2, 0 outside), inner_mask [R, S] bool, weights [R, S].
+  gradient_error [R, S] ((|grad sdf| - 1)^2, 0 outside), inner_mask [R, S] bool, and (not in the
+  original's outputs) weights [R, S] and z_vals [R, S].
   """
   r, n = z_vals.shape
   dists = z_vals[..., 1:] - z_vals[..., :-1]
@@ -171,7 +172,7 @@ def render_core(params: Params, rays_o, rays_d, z_vals, cfg: NeuSConfig, cos_ann
   rgb = jnp.sum(color * weights[..., None], axis=1) + (1 - mask)
   normal = jnp.sum(normal * weights[..., None], axis=1)
   return {'rgb': rgb, 'gradient_error': gradient_error, 'inner_mask': inner, 'normal': normal,
-          'mask': mask, 'weights': weights}
+          'mask': mask, 'weights': weights, 'z_vals': z_vals}
 
 
 def render(params: Params, rays_o, rays_d, cfg: NeuSConfig, *, is_train: bool = False, step=0,
@@ -190,14 +191,18 @@ def render(params: Params, rays_o, rays_d, cfg: NeuSConfig, *, is_train: bool = 
   return render_core(params, rays_o, rays_d, z_vals, cfg, ratio)
 
 
+render_jit = jax.jit(render, static_argnames=('cfg', 'is_train'))
+
+
 def render_chunked(params: Params, rays_o, rays_d, cfg: NeuSConfig, chunk: int = 4096, *, is_train: bool = False,
                    step=0, perturb_u=None):
-  """`render` over chunks of `chunk` rays (BaseRenderer.render's batching), jitted per chunk shape."""
-  fn = jax.jit(lambda p, o, d, s, u: render(p, o, d, cfg, is_train=is_train, step=s, perturb_u=u))
+  """`render` over chunks of `chunk` rays (BaseRenderer.render's batching), jitted per chunk shape
+  (a last, shorter chunk compiles once more)."""
   outs = []
   for i in range(0, rays_o.shape[0], chunk):
     u = None if perturb_u is None else perturb_u[i:i + chunk]
-    outs.append(fn(params, rays_o[i:i + chunk], rays_d[i:i + chunk], step, u))
+    outs.append(render_jit(params, rays_o[i:i + chunk], rays_d[i:i + chunk], cfg, is_train=is_train, step=step,
+                           perturb_u=u))
   return {k: jnp.concatenate([o[k] for o in outs], 0) for k in outs[0]}
 
 

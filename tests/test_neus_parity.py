@@ -1,0 +1,323 @@
+"""Parity of the JAX NeuS renderer with HarmonyView's PyTorch NeuSRenderer (every neus_* fixture key).
+
+The reference-size checkpoint `neus_ref.ckpt` is converted by hv_jax.neus.convert; every stage is fed the
+fixture's own inputs for that stage (so an error shows where it arises), and the whole chain is run too.
+
+Tolerances (fixture README, "Tolerances"):
+- FORWARD, 1e-5 x max(1, max|ref|): single forward passes (fields, near/far, coarse depths, the SDF at the
+  fixture's depths, render_core on the fixture's depths). The README measured float32-vs-float64
+  differences of 7e-7 (sdf) and 2e-6 (gradient) for these networks.
+- Depths through searchsorted (up-sampling output, sample_depth): atol 1e-4, with at most 1% of entries
+  allowed beyond it, and none beyond a quarter of the coarse sample spacing. The inverse CDF divides by
+  the CDF step, so a float32 rounding difference can move a sample along its bin; the original itself,
+  re-run in float64 on CPU, moves 33 of the 4096 depths of this set by more than 1e-4 (max 7.6e-4).
+- CHAIN, 1e-4 x max(1, max|ref|): render outputs and losses of the full chain (they integrate over those
+  depths).
+- inner_mask is a hard threshold |x_i| <= side_length: equal, except where the point's distance to the
+  cube surface is within the difference between the two computations' points (+1e-6).
+Run `pytest -s` to print the worst error of every key.
+"""
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import parity as P
+
+pytestmark = pytest.mark.skipif(not (P.available() and (P.PARITY_DIR / 'neus_ref.ckpt').is_file()),
+                                reason=f'no NeuS parity fixtures in {P.PARITY_DIR}')
+
+from hv_jax.neus import convert, fields  # noqa: E402
+from hv_jax.neus import render as R  # noqa: E402
+
+FORWARD, CHAIN = 1e-5, 1e-4
+Z_ATOL, Z_MAX_OUTLIER_FRAC, Z_CAP_FRAC_OF_SPACING = 1e-4, 0.01, 0.25
+EDGE_SLACK = 1e-6
+
+INPUT_KEYS = {'neus_points', 'neus_view_dirs', 'neus_rays_o', 'neus_rays_d', 'neus_target_rgb',
+              'neus_target_mask', 'neus_train_rand_u', 'neus_train_step', 'neus_up_inv_s'}
+LOSS_ORDER = ('total', 'eikonal', 'rendering', 'mask')   # neus_loss_* layout (fixture README)
+
+
+def _f():
+  return P.fixtures()
+
+
+@functools.lru_cache(None)
+def cfg() -> fields.NeuSConfig:
+  return fields.NeuSConfig.from_dict(P.config_json()['neus'])
+
+
+@functools.lru_cache(None)
+def torch_state_dict():
+  torch = pytest.importorskip('torch', reason='reading neus_ref.ckpt needs torch')
+  return torch.load(P.PARITY_DIR / 'neus_ref.ckpt', map_location='cpu', weights_only=True)['state_dict']
+
+
+@functools.lru_cache(None)
+def params():
+  return jax.tree.map(jnp.asarray, convert.convert_state_dict(torch_state_dict(), cfg()))
+
+
+def _err(got, ref) -> float:
+  return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64)))) if np.size(ref) else 0.0
+
+
+def check(key, got, rel, ref=None):
+  """chex all-close at atol = rel x max(1, max|ref|), rtol 0; records and prints the worst error."""
+  ref = _f()[key] if ref is None else ref
+  got = np.asarray(got, np.float32).reshape(ref.shape)
+  tol = P.tolerance(ref, rel)
+  print(f'\n{key:34s} max|err| {_err(got, ref):.3e}  (atol {tol:.1e})', end='')
+  chex.assert_trees_all_close(got, np.asarray(ref, np.float32), atol=tol, rtol=0)
+
+
+def check_depths(key, got, near, far, n_samples, ref=None):
+  """Depths after searchsorted: <= 1% of entries beyond Z_ATOL, all within a quarter coarse spacing."""
+  ref = _f()[key] if ref is None else ref
+  got = np.asarray(got, np.float64).reshape(ref.shape)
+  d = np.abs(got - ref)
+  spacing = float(np.min(np.asarray(far) - np.asarray(near))) / (n_samples - 1)
+  cap = Z_CAP_FRAC_OF_SPACING * spacing
+  n_out = int(np.sum(d > Z_ATOL))
+  print(f'\n{key:34s} max|err| {d.max():.3e}  ({n_out}/{d.size} beyond {Z_ATOL:g}; cap {cap:.1e})', end='')
+  assert n_out <= Z_MAX_OUTLIER_FRAC * d.size, (
+      f'{key}: {n_out} of {d.size} depths differ by more than {Z_ATOL} (at most {Z_MAX_OUTLIER_FRAC:.0%} allowed): '
+      f'{np.argwhere(d > Z_ATOL)[:20].tolist()}')
+  chex.assert_trees_all_close(got, np.asarray(ref, np.float64), atol=cap, rtol=0)
+  inliers = d <= Z_ATOL
+  chex.assert_trees_all_close(got[inliers], ref[inliers], atol=Z_ATOL, rtol=0)
+
+
+def _mid_points(rays_o, rays_d, z):
+  z = np.asarray(z, np.float64)
+  dists = np.diff(z, axis=-1)
+  dists = np.concatenate([dists, dists[..., -1:]], -1)
+  mid = z + dists * 0.5
+  return rays_o[:, None, :].astype(np.float64) + rays_d[:, None, :].astype(np.float64) * mid[..., None]
+
+
+def check_inner_mask(key, got, pts_ref, pts_got):
+  """Equal except where the reference point is closer to the cube surface than the points differ (+slack)."""
+  ref = _f()[key].astype(bool)
+  got = np.asarray(got).astype(bool).reshape(ref.shape)
+  edge = np.abs(np.max(np.abs(pts_ref), -1) - cfg().default_side_length)
+  explained = edge <= np.max(np.abs(pts_got - pts_ref), -1) + EDGE_SLACK
+  wrong = (got != ref) & ~explained
+  print(f'\n{key:34s} {int(np.sum(got != ref))} of {ref.size} differ ({int(np.sum(wrong))} unexplained)', end='')
+  assert not wrong.any(), f'{key}: inner_mask differs away from the cube edge at {np.argwhere(wrong)[:20].tolist()}'
+  return got == ref
+
+
+def _losses_vec(outputs):
+  f = _f()
+  loss, terms = R.losses(outputs, jnp.asarray(f['neus_target_rgb']), jnp.asarray(f['neus_target_mask']), cfg())
+  terms = dict(terms, total=loss)
+  return np.array([terms[k] for k in LOSS_ORDER][:f['neus_loss_eval'].shape[0]], np.float32)
+
+
+# ------------------------------------------------------------------------------------------ bookkeeping
+def test_every_neus_key_is_checked():
+  checked = {'neus_sdf_out', 'neus_gradient', 'neus_color_out', 'neus_variance', 'neus_inv_s', 'neus_near',
+             'neus_far', 'neus_up_z_vals', 'neus_up_sdf', 'neus_up_out', 'neus_z_vals', 'neus_render_rgb',
+             'neus_render_mask', 'neus_render_normal', 'neus_render_gradient_error', 'neus_render_inner_mask',
+             'neus_loss_eval', 'neus_train_rgb', 'neus_train_mask', 'neus_loss_train'}
+  keys = {k for k in _f() if k.startswith('neus_')}
+  assert keys - checked - INPUT_KEYS == set(), f'unchecked fixture keys: {sorted(keys - checked - INPUT_KEYS)}'
+  assert checked - keys == set(), f'fixture keys missing from the set: {sorted(checked - keys)}'
+
+
+def test_config_matches_fixture_set():
+  f, c, js = _f(), cfg(), P.config_json()
+  assert int(f['neus_train_step']) == int(js.get('neus_train_step', f['neus_train_step']))
+  assert float(f['neus_up_inv_s'].reshape(-1)[0]) == 64.0          # first up-sampling round, 64 * 2**0
+  assert f['neus_z_vals'].shape[-1] == c.n_samples + c.n_importance
+  assert f['neus_up_z_vals'].shape[-1] == c.n_samples
+  assert f['neus_sdf_out'].shape[-1] == c.sdf.d_out
+  assert f['neus_loss_eval'].shape == (4,) and c.lambda_mask_loss > 0 and c.use_mask
+
+
+# -------------------------------------------------------------------------------------------- converter
+def test_convert_round_trip_and_errors():
+  sd = torch_state_dict()
+  p = convert.convert_state_dict(sd, cfg())
+  back = convert.to_state_dict(p, cfg())
+  assert set(back) == set(sd)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+  leaves = jax.tree_util.tree_leaves(p)
+  assert sum(np.size(a) for a in leaves) == sum(v.numel() for v in sd.values())
+  # the JAX geometric init builds the same tree
+  init = fields.init_params(jax.random.key(0), cfg())
+  chex.assert_trees_all_equal_shapes_and_dtypes(init, jax.tree.map(jnp.asarray, p))
+
+  extra = dict(sd)
+  extra['renderer.sdf_network.lin9.bias'] = sd['renderer.sdf_network.lin0.bias']
+  with pytest.raises(convert.NeuSConversionError, match=r'unexpected key: renderer\.sdf_network\.lin9\.bias'):
+    convert.convert_state_dict(extra, cfg())
+  missing = {k: v for k, v in sd.items() if k != 'renderer.color_network.lin2.weight_g'}
+  with pytest.raises(convert.NeuSConversionError, match=r'missing key: renderer\.color_network\.lin2\.weight_g'):
+    convert.convert_state_dict(missing, cfg())
+  bad = dict(sd)
+  bad['renderer.sdf_network.lin3.weight_v'] = sd['renderer.sdf_network.lin2.weight_v']
+  with pytest.raises(convert.NeuSConversionError, match=r'mis-shaped key: renderer\.sdf_network\.lin3\.weight_v'):
+    convert.convert_state_dict(bad, cfg())
+  with pytest.raises(convert.NeuSConversionError, match='unexpected key: sdf_network'):
+    convert.convert_state_dict({k[len('renderer.'):]: v for k, v in sd.items()}, cfg())
+
+
+# ----------------------------------------------------------------------------------------------- fields
+def test_sdf_network():
+  f, p = _f(), params()
+  out, grad = jax.jit(lambda p, x: fields.sdf_and_gradient(p, x, cfg().sdf))(p['sdf'], f['neus_points'])
+  check('neus_sdf_out', out, FORWARD)
+  check('neus_gradient', grad, FORWARD)
+  # SDFNetwork.sdf (only column 0 of the last layer) agrees with the full forward
+  s = jax.jit(lambda p, x: fields.sdf(p, x, cfg().sdf))(p['sdf'], f['neus_points'])
+  check('neus_sdf_out', s, FORWARD, ref=f['neus_sdf_out'][:, 0])
+
+
+def test_color_network():
+  f = _f()
+  c = jax.jit(lambda p, *a: fields.color_forward(p, *a, cfg().color))(
+      params()['color'], f['neus_points'], f['neus_gradient'], f['neus_view_dirs'], f['neus_sdf_out'][:, 1:])
+  check('neus_color_out', c, FORWARD)
+
+
+def test_variance():
+  v = params()['variance']
+  check('neus_variance', np.reshape(v, (1,)), FORWARD)
+  check('neus_inv_s', np.reshape(fields.inv_s(v), (1,)), FORWARD)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_near_far_and_coarse_depths():
+  f, c = _f(), cfg()
+  near, far = R.near_far_from_sphere(jnp.asarray(f['neus_rays_o']), jnp.asarray(f['neus_rays_d']), c.default_radius)
+  check('neus_near', near, FORWARD)
+  check('neus_far', far, FORWARD)
+  check('neus_up_z_vals', R.coarse_z_vals(jnp.asarray(f['neus_near']), jnp.asarray(f['neus_far']), c.n_samples),
+        FORWARD)
+  pts = f['neus_rays_o'][:, None, :] + f['neus_rays_d'][:, None, :] * f['neus_up_z_vals'][..., None]
+  check('neus_up_sdf', jax.jit(lambda p, x: fields.sdf(p, x, c.sdf))(params()['sdf'], pts), FORWARD)
+
+
+def test_upsample():
+  f, c = _f(), cfg()
+  n_imp = f['neus_up_out'].shape[-1]
+  up = jax.jit(lambda *a: R.upsample(*a, n_imp, float(f['neus_up_inv_s'].reshape(-1)[0]), c.default_side_length))(
+      f['neus_rays_o'], f['neus_rays_d'], f['neus_up_z_vals'], f['neus_up_sdf'])
+  check_depths('neus_up_out', up, f['neus_near'], f['neus_far'], c.n_samples)
+
+
+@functools.lru_cache(None)
+def eval_render():
+  f = _f()
+  return R.render_jit(params(), jnp.asarray(f['neus_rays_o']), jnp.asarray(f['neus_rays_d']), cfg(), is_train=False)
+
+
+def test_sample_depth():
+  """sample_depth without perturbation, as render(is_train=False) calls it (render returns its z_vals)."""
+  f = _f()
+  check_depths('neus_z_vals', eval_render()['z_vals'], f['neus_near'], f['neus_far'], cfg().n_samples)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+def test_render_core_on_reference_depths():
+  """render(is_train=False) = render_core(sample_depth(...)); fed the fixture's depths, each output is a
+  single forward pass (tight tolerance)."""
+  f, c = _f(), cfg()
+  out = jax.jit(lambda p, *a: R.render_core(p, *a, c))(params(), f['neus_rays_o'], f['neus_rays_d'], f['neus_z_vals'])
+  for k in ('rgb', 'mask', 'normal', 'gradient_error'):
+    check(f'neus_render_{k}', out[k], FORWARD)
+  pts = _mid_points(f['neus_rays_o'], f['neus_rays_d'], f['neus_z_vals'])
+  check_inner_mask('neus_render_inner_mask', out['inner_mask'], pts, pts)
+  check('neus_loss_eval', _losses_vec(out), FORWARD)
+
+
+def test_render_eval_end_to_end():
+  f = _f()
+  out = eval_render()
+  for k in ('rgb', 'mask', 'normal'):
+    check(f'neus_render_{k}', out[k], CHAIN)
+  check('neus_loss_eval', _losses_vec(out), CHAIN)
+  z = np.asarray(out['z_vals'])
+  pts_ref = _mid_points(f['neus_rays_o'], f['neus_rays_d'], f['neus_z_vals'])
+  pts_got = _mid_points(f['neus_rays_o'], f['neus_rays_d'], z)
+  same = check_inner_mask('neus_render_inner_mask', out['inner_mask'], pts_ref, pts_got)
+  # gradient_error per sample: where the section mid-point is the reference's (to 1e-6) it must agree; the
+  # SDF gradient of this random field changes by up to ~1e4 per unit depth, so samples that moved more are
+  # covered by test_render_core_on_reference_depths and by the eikonal term of neus_loss_eval.
+  moved = np.max(np.abs(pts_got - pts_ref), -1) > 1e-6
+  assert moved.mean() <= 0.15, f'{moved.sum()} of {moved.size} sample points moved by more than 1e-6'
+  keep = same & ~moved
+  ref = f['neus_render_gradient_error']
+  ge = np.asarray(out['gradient_error'])
+  print(f'\nneus_render_gradient_error (chain, {keep.sum()}/{keep.size} unmoved) max|err| {_err(ge[keep], ref[keep]):.3e}',
+        end='')
+  chex.assert_trees_all_close(ge[keep], ref[keep], atol=P.tolerance(ref, CHAIN), rtol=0)
+
+
+def test_render_train_and_losses():
+  """render_with_loss(is_train=True) at the recorded step with the recorded perturbation draw."""
+  f, c = _f(), cfg()
+  batch = {'rays_o': f['neus_rays_o'], 'rays_d': f['neus_rays_d'], 'rgb': f['neus_target_rgb'],
+           'mask': f['neus_target_mask']}
+  fn = jax.jit(R.render_with_loss, static_argnames=('cfg', 'is_train'))
+  loss, terms, out = fn(params(), batch, c, is_train=True, step=jnp.asarray(f['neus_train_step']),
+                        perturb_u=f['neus_train_rand_u'])
+  check('neus_train_rgb', out['rgb'], CHAIN)
+  check('neus_train_mask', out['mask'], CHAIN)
+  terms = dict(terms, total=loss)
+  check('neus_loss_train', np.array([terms[k] for k in LOSS_ORDER], np.float32), CHAIN)
+  check('neus_loss_train', _losses_vec(out), CHAIN)   # the same from the stand-alone `losses`
+
+
+def test_render_chunked_matches_render():
+  """Chunking (BaseRenderer.render) changes nothing; small config and fresh weights to keep compiles short."""
+  c = fields.NeuSConfig(sdf=fields.SDFConfig(d_out=17, d_hidden=16, n_layers=4, skip_in=(2,), multires=2),
+                        color=fields.ColorConfig(d_feature=16, d_hidden=16, n_layers=2, multires_view=2),
+                        n_samples=8, n_importance=8, up_sample_steps=2)
+  p = fields.init_params(jax.random.key(0), c)
+  f = _f()
+  o, d = jnp.asarray(f['neus_rays_o']), jnp.asarray(f['neus_rays_d'])
+  full = R.render_jit(p, o, d, c)
+  chunked = R.render_chunked(p, o, d, c, chunk=o.shape[0] // 2)
+  for k in ('rgb', 'mask', 'normal', 'z_vals'):
+    chex.assert_trees_all_close(chunked[k], full[k], atol=1e-6, rtol=0)
+
+
+# -------------------------------------------------------------------------------------------------- init
+def test_geometric_init():
+  """SDFNetwork's geometric init: a roughly spherical SDF, negative inside, |grad| ~ 1.
+
+  It is not exactly |x| - bias (softplus(beta=100), skip layer). The original at reference sizes, averaged
+  over 6 torch seeds and 256 directions, gives mean sdf -0.211 / -0.140 / +0.036 / +0.250 at radii
+  0 / .25 / .5 / .75 (seed-to-seed std 0.011 .. 0.038) and mean |grad sdf| 0.83 at radius .5."""
+  c = cfg()
+  radii = np.array([0.0, 0.25, 0.5, 0.75], np.float32)
+  torch_mean_sdf, torch_grad = np.array([-0.211, -0.140, 0.036, 0.250]), 0.83
+  fn = jax.jit(lambda p, x: fields.sdf_and_gradient(p, x, c.sdf))
+  sdfs, grads = [], []
+  for seed in range(4):
+    p = fields.init_params(jax.random.key(seed), c)
+    dirs = np.array(jax.random.normal(jax.random.key(100 + seed), (256, 3)))
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    s, g = fn(p['sdf'], jnp.asarray(radii[:, None, None] * dirs[None]))
+    sdfs.append(np.asarray(s[..., 0]).mean(-1))
+    grads.append(np.linalg.norm(np.asarray(g[2]), axis=-1).mean())
+  np.testing.assert_allclose(np.mean(sdfs, 0), torch_mean_sdf, atol=0.05)
+  np.testing.assert_allclose(np.mean(grads), torch_grad, atol=0.05)
+  lin0 = p['sdf']['lin0']
+  assert np.all(np.asarray(lin0['v'])[3:] == 0) and np.all(np.asarray(lin0['bias']) == 0)
+  skip = c.sdf.skip_in[0]
+  assert np.all(np.asarray(p['sdf'][f'lin{skip}']['v'])[-(c.sdf.input_ch - 3):] == 0)
+  np.testing.assert_allclose(np.asarray(p['variance']), c.variance_init)
+  for net in ('sdf', 'color'):   # weight_norm at construction keeps w: g = ||v|| per output unit
+    for lp in p[net].values():
+      np.testing.assert_allclose(np.asarray(lp['g']), np.linalg.norm(np.asarray(lp['v']), axis=0), rtol=1e-6)

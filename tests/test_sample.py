@@ -1,0 +1,193 @@
+"""Sampling job behaviour on the tiny random demo model: outputs, resume, no recompilation, determinism
+across batch composition and device count, and every bad input -> one clear line, nothing partial."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import parity as P
+from hv_jax.sampling import pipeline
+from hv_jax.sampling.sampler import Sampler, SamplerConfig, instance_keys
+
+DEMO = P.ROOT / 'hv_jax' / 'assets' / 'demo' / 'bell'
+STEPS = 2
+
+
+def _config(tmp_path, **kw):
+  sys.path.insert(0, str(P.ROOT))
+  from configs import demo
+  c = demo.get_config()
+  c.output_dir = str(tmp_path / 'out')
+  c.sample_steps = STEPS
+  c.progress = False
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+def _outputs(d):
+  d = pathlib.Path(d)
+  return sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file()) if d.exists() else []
+
+
+def test_demo_run_writes_strips_grid_manifest_and_resumes(tmp_path):
+  c = _config(tmp_path)
+  manifests = pipeline.run(c)
+  out = pathlib.Path(c.output_dir) / 'bell'
+  assert _outputs(out) == ['0.png', '1.png', 'grid.png', 'manifest.json']
+  s = pipeline.tiny_model_config().image_size
+  assert Image.open(out / '0.png').size == (16 * s, s)
+  assert Image.open(out / 'grid.png').size == (16 * s, 2 * s)
+  m = json.loads((out / 'manifest.json').read_text())
+  assert m['model'].startswith('RANDOM WEIGHTS') and m['scales'] == [2.0, 1.0] and m['seed'] == c.seed
+  assert manifests['bell']['sampler']['steps'] == STEPS
+  first = np.asarray(Image.open(out / '1.png'))
+  # A rerun samples nothing; after losing one instance, only that one is redone, identically.
+  mtime0 = (out / '0.png').stat().st_mtime_ns
+  (out / '1.png').unlink()
+  pipeline.run(c)
+  assert (out / '0.png').stat().st_mtime_ns == mtime0
+  np.testing.assert_array_equal(np.asarray(Image.open(out / '1.png')), first)
+
+
+def test_new_images_seeds_and_scales_do_not_recompile():
+  cfg = pipeline.tiny_model_config()
+  from hv_jax.models.init import random_params
+  params = random_params(cfg, 0)
+  sampler = Sampler(cfg, SamplerConfig(steps=STEPS))
+  traces = []
+
+  def fn(p, img, el, keys, sc, eta):
+    traces.append(1)
+    return sampler.sample(p, img, el, keys, sc, eta)
+
+  jfn = jax.jit(fn)
+  rng = np.random.default_rng(0)
+  for seed, scales, eta in ((0, (2., 1.), 1.), (7, (1.5, 0.5), 0.5)):
+    img = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+    out = jfn(params, img, np.float32([0.5]), instance_keys(seed, [0], [0]), np.float32([scales]), np.float32(eta))
+    chex.assert_tree_all_finite(out)
+  assert len(traces) == 1
+
+
+def test_instance_does_not_depend_on_batch_composition():
+  cfg = pipeline.tiny_model_config()
+  from hv_jax.models.init import random_params
+  params = random_params(cfg, 1)
+  sampler = Sampler(cfg, SamplerConfig(steps=STEPS))
+  fn = jax.jit(sampler.sample)
+  jobs = pipeline.load_inputs(_config(pathlib.Path('/tmp')))
+  pipeline.resize_inputs(jobs, 64)
+  img = jobs[0].image[None]
+  pair = fn(params, np.concatenate([img, img]), np.float32([0.5, 0.5]), instance_keys(3, [0, 0], [0, 1]),
+            np.float32([[2, 1], [2, 1]]), np.float32(1))
+  alone = fn(params, img, np.float32([0.5]), instance_keys(3, [0], [1]), np.float32([[2, 1]]), np.float32(1))
+  chex.assert_trees_all_close(pair[1], alone[0], atol=1e-4)
+  assert float(jnp.abs(pair[0] - pair[1]).max()) > 1e-2      # different instances differ
+
+
+_MULTI_DEVICE = textwrap.dedent('''
+    import json, sys, numpy as np, jax
+    from hv_jax.sampling import pipeline
+    from hv_jax.sampling.sampler import SamplerConfig, instance_keys
+    from hv_jax.models.init import random_params
+    assert jax.device_count() == 8, jax.devices()
+    cfg = pipeline.tiny_model_config()
+    params = random_params(cfg, 0)
+    sconf = SamplerConfig(steps=%d)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
+    args = (img, np.full(8, 0.5, np.float32), np.asarray(instance_keys(5, [0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3] * 2)),
+            np.tile(np.float32([[2, 1]]), (8, 1)), np.float32(1))
+    one = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()[:1]))(params, *args)
+    eight = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()))(params, *args)
+    assert len(eight.sharding.device_set) == 8
+    u1, u8 = pipeline.to_uint8(one), pipeline.to_uint8(eight)
+    print(json.dumps({'max_abs': float(np.abs(np.asarray(one) - np.asarray(eight)).max()),
+                      'uint8_mismatch_fraction': float((u1 != u8).mean())}))
+''' % STEPS)
+
+
+def test_same_seeds_same_images_on_one_and_eight_devices():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+             PYTHONPATH=str(P.ROOT))
+  r = subprocess.run([sys.executable, '-c', _MULTI_DEVICE], capture_output=True, text=True, env=env, timeout=1200)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(r.stdout.strip().splitlines()[-1])
+  assert res['max_abs'] < 1e-4, res
+  assert res['uint8_mismatch_fraction'] < 1e-3, res
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _rgb_png(path):
+  Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize('case,needle', [
+    ('missing', 'not found'),
+    ('not_image', 'not an image'),
+    ('no_alpha', 'has no alpha channel'),
+    ('elevation', 'elevation must be in [-10, 40] degrees'),
+    ('guidance', 'unknown guidance mode'),
+    ('unwritable', 'not writable'),
+    ('no_checkpoint', 'syncdreamer-pretrain.ckpt'),
+])
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, needle):
+  kw = {}
+  if case == 'missing':
+    kw['input'] = str(tmp_path / 'nope.png')
+  elif case == 'not_image':
+    (tmp_path / 'text.png').write_text('hello')
+    kw['input'] = str(tmp_path / 'text.png')
+  elif case == 'no_alpha':
+    kw['input'] = _rgb_png(tmp_path / 'rgb.png')
+  elif case == 'elevation':
+    kw['elevation'] = 60.0
+  elif case == 'guidance':
+    kw['guidance'] = 'classifier'
+  elif case == 'unwritable':
+    (tmp_path / 'file').write_text('x')
+    kw['output_dir'] = str(tmp_path / 'file' / 'sub')
+  elif case == 'no_checkpoint':
+    kw['checkpoint'] = ''
+  c = _config(tmp_path, **kw)
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.run(c)
+  assert needle in str(e.value) and '\n' not in str(e.value)
+  assert not os.path.exists(c.output_dir) or not _outputs(c.output_dir)
+
+
+@pytest.mark.skipif(not P.available(), reason='needs parity fixtures')
+def test_checkpoint_config_mismatch(tmp_path):
+  pytest.importorskip('torch')
+  from hv_jax import checkpoint
+  ck = tmp_path / 'tiny_ckpt'
+  checkpoint.save(str(ck), P.converted_params(), P.model_config(), {})
+  c = _config(tmp_path, checkpoint=str(ck), model='full')
+  with pytest.raises(pipeline.UserError, match='does not match'):
+    pipeline.run(c)
+  assert not _outputs(c.output_dir)
+
+
+def test_cli_reports_one_line_without_traceback(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(P.ROOT))
+  r = subprocess.run([sys.executable, '-m', 'hv_jax.sample', '--config=configs/demo.py',
+                      f'--config.input={tmp_path / "missing.png"}', f'--config.output_dir={tmp_path / "o"}'],
+                     capture_output=True, text=True, cwd=P.ROOT, env=env, timeout=600)
+  assert r.returncode == 2
+  assert 'Traceback' not in r.stderr
+  assert [l for l in r.stderr.splitlines() if l.startswith('error: ')] == [
+      f'error: input image not found: {tmp_path / "missing.png"}']
