@@ -190,4 +190,4 @@ def test_cli_reports_one_line_without_traceback(tmp_path):
   assert r.returncode == 2
   assert 'Traceback' not in r.stderr
   assert [l for l in r.stderr.splitlines() if l.startswith('error: ')] == [
-      f'error: input image not found: {tmp_path / "missing.png"}']
+      f'error: input not found: {tmp_path / "missing.png"}']

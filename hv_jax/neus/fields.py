@@ -66,6 +66,8 @@ class SDFConfig:
     shapes = []
     for l in range(self.num_linear):
       out = dims[l + 1] - dims[0] if (l + 1) in self.skip_in else dims[l + 1]
+      if out <= 0:
+        raise ValueError(f'SDFConfig: d_hidden={self.d_hidden} leaves no room for the {dims[0]}-wide skip input')
       shapes.append((dims[l], out))
     return tuple(shapes)
 
