@@ -191,3 +191,29 @@ def test_cli_reports_one_line_without_traceback(tmp_path):
   assert 'Traceback' not in r.stderr
   assert [l for l in r.stderr.splitlines() if l.startswith('error: ')] == [
       f'error: input not found: {tmp_path / "missing.png"}']
+
+
+def test_memory_knobs_keep_the_result():
+  """view chunks (sequential lax.map) and remat change memory, not numbers; bfloat16 stays close."""
+  cfg = pipeline.tiny_model_config()
+  from hv_jax.models.init import random_params
+  from hv_jax.sampling.sampler import Condition
+  params = random_params(cfg, 2)
+  rng = np.random.default_rng(1)
+  x_t = jnp.asarray(rng.normal(size=(2, 16, 8, 8, 4)), jnp.float32)
+  cond = Condition(clip_embed=jnp.asarray(rng.normal(size=(2, 1, 768)), jnp.float32),
+                   x_input=jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32),
+                   v_embed=jnp.asarray(rng.normal(size=(2, 16, 4)), jnp.float32))
+  t = jnp.asarray([501, 501])
+  scales = jnp.asarray([[2., 1.], [1., 0.5]])
+
+  def eps(**kw):
+    s = Sampler(cfg, SamplerConfig(steps=STEPS, **kw))
+    return jax.jit(s.guided_eps)(params, x_t, t, cond, scales)
+
+  ref = eps()
+  scale = float(jnp.abs(ref).max())
+  chex.assert_trees_all_close(eps(view_chunk=8, remat=True), ref, atol=1e-5 * scale, rtol=0)
+  low = eps(dtype='bfloat16')
+  assert low.dtype == jnp.float32
+  assert float(jnp.abs(low - ref).max()) < 0.1 * scale
