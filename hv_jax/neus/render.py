@@ -12,7 +12,7 @@ Differences from the original that do not change results:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
