@@ -61,38 +61,38 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(out / '1.png')), first)
 
 
-def test_new_images_seeds_and_scales_do_not_recompile():
+def _demo_sampler():
+  """The same jitted sampler the demo job uses (shared compile across these tests)."""
   cfg = pipeline.tiny_model_config()
+  return cfg, pipeline.compiled_sampler(cfg, SamplerConfig(steps=STEPS), tuple(jax.local_devices()[:1]))
+
+
+def test_new_images_seeds_and_scales_do_not_recompile():
+  cfg, fn = _demo_sampler()
   from hv_jax.models.init import random_params
   params = random_params(cfg, 0)
-  sampler = Sampler(cfg, SamplerConfig(steps=STEPS))
-  traces = []
-
-  def fn(p, img, el, keys, sc, eta):
-    traces.append(1)
-    return sampler.sample(p, img, el, keys, sc, eta)
-
-  jfn = jax.jit(fn)
   rng = np.random.default_rng(0)
-  for seed, scales, eta in ((0, (2., 1.), 1.), (7, (1.5, 0.5), 0.5)):
+  sizes = []
+  for seed, scales, eta in ((0, (2., 1.), 1.), (7, (1.5, 0.5), 0.5), (9, (0., 3.), 0.)):
     img = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
-    out = jfn(params, img, np.float32([0.5]), instance_keys(seed, [0], [0]), np.float32([scales]), np.float32(eta))
+    out = fn(params, img, np.float32([0.5]), np.asarray(instance_keys(seed, [0], [0])), np.float32([scales]),
+             np.float32(eta))
     chex.assert_tree_all_finite(out)
-  assert len(traces) == 1
+    sizes.append(fn._cache_size())
+  assert sizes[1:] == sizes[:1] * 2, sizes     # compiled once, reused for new images, seeds, scales, eta
 
 
 def test_instance_does_not_depend_on_batch_composition():
-  cfg = pipeline.tiny_model_config()
+  cfg, fn = _demo_sampler()
   from hv_jax.models.init import random_params
   params = random_params(cfg, 1)
-  sampler = Sampler(cfg, SamplerConfig(steps=STEPS))
-  fn = jax.jit(sampler.sample)
   jobs = pipeline.load_inputs(_config(pathlib.Path('/tmp')))
   pipeline.resize_inputs(jobs, 64)
   img = jobs[0].image[None]
-  pair = fn(params, np.concatenate([img, img]), np.float32([0.5, 0.5]), instance_keys(3, [0, 0], [0, 1]),
+  pair = fn(params, np.concatenate([img, img]), np.float32([0.5, 0.5]), np.asarray(instance_keys(3, [0, 0], [0, 1])),
             np.float32([[2, 1], [2, 1]]), np.float32(1))
-  alone = fn(params, img, np.float32([0.5]), instance_keys(3, [0], [1]), np.float32([[2, 1]]), np.float32(1))
+  alone = fn(params, img, np.float32([0.5]), np.asarray(instance_keys(3, [0], [1])), np.float32([[2, 1]]),
+             np.float32(1))
   chex.assert_trees_all_close(pair[1], alone[0], atol=1e-4)
   assert float(jnp.abs(pair[0] - pair[1]).max()) > 1e-2      # different instances differ
 
