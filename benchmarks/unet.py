@@ -11,7 +11,7 @@ several), and peak memory (process ru_maxrss; XLA's temp buffer size for the com
   PYTHONPATH=. python benchmarks/unet.py --batch 6       # quick
   PYTHONPATH=. python benchmarks/unet.py --torch         # also the original PyTorch UNet (needs einops
                                                          # and the original repo at --torch-ref)
-  PYTHONPATH=. python benchmarks/unet.py --conv-impl xla # 3x3 convs via XLA's convolution (baseline)
+  PYTHONPATH=. python benchmarks/unet.py --compare      # fast and reference lowering, alternated
 
 XLA flags must be set before JAX starts: use --xla-flags (appended to $XLA_FLAGS).
 """
@@ -33,8 +33,11 @@ def parse_args(argv=None):
   p.add_argument('--chunks', type=int, default=0,
                  help='rows per chunk: run the UNet over the batch with lax.map in chunks of this many rows '
                       '(0 = the whole batch in one call)')
-  p.add_argument('--conv-impl', default=None,
-                 help='3x3 conv lowering for hv_jax.models.layers.CONV_IMPL (default: the module default)')
+  p.add_argument('--impl', choices=['fast', 'reference'], default='fast',
+                 help='fast: layers.CONV_IMPL="auto", unet.ATTN_IMPL="fast" (the defaults); reference: '
+                      'CONV_IMPL="xla", ATTN_IMPL="reference" (the literal formulation)')
+  p.add_argument('--compare', action='store_true',
+                 help='also compile the other --impl and alternate the two in the timed repeats')
   p.add_argument('--repeats', type=int, default=3, help='steady-state forward calls timed')
   p.add_argument('--matmul-size', type=int, default=2048, help='square float32 matmul for the in-run peak')
   p.add_argument('--matmul-repeats', type=int, default=5)
@@ -57,6 +60,7 @@ import numpy as np  # noqa: E402
 
 from hv_jax.models import layers  # noqa: E402
 from hv_jax.models.config import ModelConfig  # noqa: E402
+from hv_jax.models import unet as unet_mod  # noqa: E402
 from hv_jax.models.unet import DepthWiseAttentionUNet  # noqa: E402
 
 
@@ -181,8 +185,13 @@ def run_torch(args, cfg, inputs):
   tc = torch.from_numpy(ctx)
   src = {v.shape[3]: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1))) for v in vols}
   del vols
+  n = args.chunks or tx.shape[0]
+
+  def run():
+    return [model(tx[i:i + n], tt[i:i + n], tc[i:i + n], source_dict={k: v[i:i + n] for k, v in src.items()})
+            for i in range(0, tx.shape[0], n)]
+
   with torch.no_grad():
-    run = lambda: model(tx, tt, tc, source_dict=src)
     ts = []
     for _ in range(args.torch_repeats):
       t0 = time.perf_counter()
@@ -192,15 +201,24 @@ def run_torch(args, cfg, inputs):
 
 
 # ------------------------------------------------------------------------------------------- main
+IMPLS = {  # --impl: (layers.CONV_IMPL, unet.ATTN_IMPL)
+    'fast': ('auto', 'fast'),
+    'reference': ('xla', 'reference'),
+}
+
+
+def set_impl(impl: str):
+  layers.CONV_IMPL, unet_mod.ATTN_IMPL = IMPLS[impl]
+
+
 def main(args):
-  if args.conv_impl is not None:
-    layers.CONV_IMPL = args.conv_impl
   cfg = ModelConfig.full()
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
   model = DepthWiseAttentionUNet(cfg.unet, dtype, args.remat)
+  impls = [args.impl] + ([i for i in IMPLS if i != args.impl] if args.compare else [])
   print(f'jax {jax.__version__} {jax.devices()[0].platform}, {os.cpu_count()} cpus, batch {args.batch}, '
-        f'dtype {args.dtype}, conv_impl {getattr(layers, "CONV_IMPL", "xla")}, chunks {args.chunks or "-"}, '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+        f'dtype {args.dtype}, impl {"+".join(impls)} ({", ".join(f"{i}: conv {IMPLS[i][0]}/attn {IMPLS[i][1]}" for i in impls)}), '
+        f'chunks {args.chunks or "-"}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
 
   inputs = unet_inputs(cfg, args.batch, args.seed)
   t0 = time.perf_counter()
@@ -209,62 +227,102 @@ def main(args):
   n_params = sum(p.size for p in jax.tree.leaves(params))
   print(f'init: {n_params / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s', flush=True)
 
-  def forward(p, x, t, ctx, vols):
-    if not args.chunks or args.chunks >= x.shape[0]:
-      return model.apply({'params': p}, x, t, ctx, vols)
-    if x.shape[0] % args.chunks:
-      raise SystemExit(f'--chunks {args.chunks} does not divide --batch {x.shape[0]}')
-    split = lambda a: a.reshape((-1, args.chunks) + a.shape[1:])
-    out = jax.lax.map(lambda xs: model.apply({'params': p}, *xs), jax.tree.map(split, (x, t, ctx, vols)))
-    return out.reshape((-1,) + out.shape[2:])
+  def make_forward():
+    """A fresh function per variant: jit's trace cache must not hand one variant the other's trace."""
+    def forward(p, x, t, ctx, vols):
+      if not args.chunks or args.chunks >= x.shape[0]:
+        return model.apply({'params': p}, x, t, ctx, vols)
+      if x.shape[0] % args.chunks:
+        raise SystemExit(f'--chunks {args.chunks} does not divide --batch {x.shape[0]}')
+      split = lambda a: a.reshape((-1, args.chunks) + a.shape[1:])
+      out = jax.lax.map(lambda xs: model.apply({'params': p}, *xs), jax.tree.map(split, (x, t, ctx, vols)))
+      return out.reshape((-1,) + out.shape[2:])
+    return forward
 
-  peak_before = matmul_peak(args.matmul_size, args.matmul_repeats)
+  # Model FLOPs: the literal formulation's dot/conv FLOPs (what the original computes); a variant that
+  # reorders the maths (depth attention) executes fewer, counted separately.
+  set_impl('reference')
+  model_flops = jaxpr_flops(jax.make_jaxpr(make_forward())(params, *inputs).jaxpr)
 
-  fn = jax.jit(forward)
-  t0 = time.perf_counter()
-  lowered = fn.lower(params, *inputs)
-  compiled = lowered.compile()
-  t_compile = time.perf_counter() - t0
-  flops_exact = jaxpr_flops(jax.make_jaxpr(forward)(params, *inputs).jaxpr)
-  try:
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    flops_xla = float(ca.get('flops', float('nan')))
-  except Exception:  # noqa: BLE001
-    flops_xla = float('nan')
-  try:
-    ma = compiled.memory_analysis()
-    temp_gib = ma.temp_size_in_bytes / 2 ** 30
-  except Exception:  # noqa: BLE001
-    temp_gib = float('nan')
+  runs = {}
+  for impl in impls:
+    set_impl(impl)
+    t0 = time.perf_counter()
+    forward = make_forward()
+    compiled = jax.jit(forward).lower(params, *inputs).compile()
+    t_compile = time.perf_counter() - t0
+    executed = jaxpr_flops(jax.make_jaxpr(forward)(params, *inputs).jaxpr)
+    try:
+      ca = compiled.cost_analysis()
+      ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+      flops_xla = float(ca.get('flops', float('nan')))
+    except Exception:  # noqa: BLE001
+      flops_xla = float('nan')
+    try:
+      temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
+    except Exception:  # noqa: BLE001
+      temp_gib = float('nan')
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(params, *inputs))
+    t_first = time.perf_counter() - t0
+    if not np.isfinite(np.asarray(out)).all():
+      raise SystemExit(f'{impl}: non-finite UNet output')
+    runs[impl] = dict(compiled=compiled, compile=t_compile, first=t_first, executed=executed, xla=flops_xla,
+                      temp=temp_gib, out=np.asarray(out), times=[])
+    print(f'{impl}: compile {t_compile:.1f} s, first call {t_first:.1f} s, executed dot/conv FLOPs '
+          f'{executed / 1e12:.3f} T, XLA cost analysis {flops_xla / 1e12:.3f} T, XLA temp buffers '
+          f'{temp_gib:.2f} GiB, RSS so far {rss_gib():.2f} GiB', flush=True)
+    del out
 
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(compiled(params, *inputs))
-  t_first = time.perf_counter() - t0
-  if not np.isfinite(np.asarray(out)).all():
-    raise SystemExit('non-finite UNet output')
-  ts = timed(lambda: compiled(params, *inputs), args.repeats)
-  peak_after = matmul_peak(args.matmul_size, args.matmul_repeats)
-  peak = max(peak_before, peak_after)
-  best, med = min(ts), statistics.median(ts)
+  # Steady state: alternate the variants, with a matmul measurement between every two UNet calls, so
+  # that a shared machine's load hits them alike; each call's fraction uses the matmul rates measured
+  # just before and after it.
+  peaks = [matmul_peak(args.matmul_size, args.matmul_repeats)]
+  for _ in range(args.repeats):
+    for impl in impls:
+      runs[impl]['times'] += timed(lambda: runs[impl]['compiled'](params, *inputs), 1)
+      peaks.append(matmul_peak(args.matmul_size, args.matmul_repeats))
+      runs[impl].setdefault('local_peaks', []).append((peaks[-2] + peaks[-1]) / 2)
 
-  rows = [('jax UNet', best, med, flops_exact)]
+  rows = [(f'jax {impl}', min(r['times']), statistics.median(r['times']), r['executed']) for impl, r in runs.items()]
+  if len(runs) > 1:
+    ref = runs['reference']['out']
+    for impl in impls[:1]:
+      print(f'max |{impl} - reference| = {np.abs(runs[impl]["out"] - ref).max():.2e} (output scale '
+            f'{np.abs(ref).max():.2f})')
+  for r in runs.values():
+    r.pop('compiled')
   if args.torch:
+    del params
+    p0 = matmul_peak(args.matmul_size, args.matmul_repeats)
     tts = run_torch(args, cfg, inputs)
-    rows.append(('torch UNet (original)', min(tts), statistics.median(tts), flops_exact))
+    p1 = matmul_peak(args.matmul_size, args.matmul_repeats)
+    peaks += [p0, p1]
+    rows.append(('torch original', min(tts), statistics.median(tts), model_flops))
+    torch_local = statistics.median(model_flops / t / 1e9 / ((p0 + p1) / 2) for t in tts)
 
+  peak = max(peaks)
   print()
-  print(f'compile {t_compile:.1f} s, first call {t_first:.1f} s; steady-state times {["%.2f" % s for s in ts]}')
-  print(f'model FLOPs: {flops_exact / 1e12:.3f} T (dot+conv count), XLA cost analysis {flops_xla / 1e12:.3f} T')
-  print(f'matmul peak ({args.matmul_size}^3 float32): {peak_before:.1f} GFLOP/s before, {peak_after:.1f} after')
-  print(f'peak RSS {rss_gib():.2f} GiB; XLA temp buffers {temp_gib:.2f} GiB')
+  print(f'model FLOPs (dot+conv of the original formulation): {model_flops / 1e12:.3f} T for {args.batch} rows')
+  print(f'float32 matmul rate ({args.matmul_size}^3, best of {args.matmul_repeats}, between UNet calls): '
+        f'{", ".join("%.1f" % p for p in peaks)} GFLOP/s -> peak {peak:.1f}')
+  local = {'torch original': torch_local} if args.torch else {}
+  for impl, r in runs.items():
+    fr = [model_flops / t / 1e9 / p for t, p in zip(r['times'], r['local_peaks'])]
+    local[f'jax {impl}'] = statistics.median(fr)
+    print(f'{impl}: steady-state times {", ".join("%.2f" % t for t in r["times"])} s; fraction of the matmul '
+          f'rate measured around each call {", ".join("%.3f" % f for f in fr)}')
+  print(f'peak RSS {rss_gib():.2f} GiB (whole process)')
   print()
-  print(f'{"":24s} {"best s":>8s} {"median s":>9s} {"TFLOP":>7s} {"GFLOP/s":>8s} {"peak GF/s":>9s} '
-        f'{"fraction":>8s}')
+  print(f'{"":16s} {"best s":>7s} {"median s":>8s} {"model TF":>8s} {"exec TF":>7s} {"GFLOP/s":>7s} '
+        f'{"peak GF/s":>9s} {"fraction":>8s} {"local frac":>10s}')
   for name, b, m, fl in rows:
-    rate = fl / b / 1e9
-    print(f'{name:24s} {b:8.2f} {m:9.2f} {fl / 1e12:7.3f} {rate:8.1f} {peak:9.1f} {rate / peak:8.3f}')
-
+    rate = model_flops / b / 1e9
+    loc = local.get(name, float('nan'))
+    print(f'{name:16s} {b:7.2f} {m:8.2f} {model_flops / 1e12:8.3f} {fl / 1e12:7.3f} {rate:7.1f} {peak:9.1f} '
+          f'{rate / peak:8.3f} {loc:10.3f}')
+  print('GFLOP/s and fractions use the model FLOPs. fraction: best-time rate / best matmul rate of the run;\n'
+        'local frac: median over calls of (rate / mean of the matmul rates measured just before and after).')
 
 if __name__ == '__main__':
   main(ARGS)

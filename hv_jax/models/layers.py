@@ -61,6 +61,9 @@ class LayerNorm(nn.Module):
 #   'auto' - 1x1 convs (stride 1, no padding) become one matmul over the channel axis; 3x3 stride-1
 #            convs on small maps (h * w <= IM2COL_MAX_PIXELS) become im2col (9 shifted copies
 #            concatenated on channels) + one matmul; everything else stays a `lax.conv`.
+#            A 3x3 conv of a nearest-2x-upsampled map (`upsample=True`) runs as four 2x2 convs on the
+#            small map, one per output phase, with the kernel taps that see the same input pixel summed
+#            (4/9 of the FLOPs, no upsampled copy).
 #            Same sums as the conv (float32 rounding order aside); XLA:CPU runs these shapes faster.
 # The param tree is the same either way: kernel [*k, C_in, C_out] (HWIO), bias [C_out].
 CONV_IMPL = 'auto'
@@ -76,6 +79,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype | None = None
   impl: str | None = None  # None: the module-level CONV_IMPL
+  upsample: bool = False   # nearest-2x-upsample the input first (F.interpolate + conv of LDM's Upsample)
 
   @nn.compact
   def __call__(self, x):
@@ -90,12 +94,19 @@ class Conv(nn.Module):
     if impl not in ('xla', 'auto'):
       raise ValueError(f'unknown conv impl {impl!r}: use "xla" or "auto"')
     strided = any(s != 1 for s in self.strides)
+    pad3 = len(ks) == 2 and ks == (3, 3) and tuple(self.padding) == ((1, 1), (1, 1))
+    if self.upsample:
+      if len(ks) != 2:
+        raise ValueError('Conv(upsample=True) is 2-d only')
+      if impl == 'auto' and pad3 and not strided:
+        y = _upsample2x_conv3x3(x, kernel)
+        return y if bias is None else y + bias.astype(dtype)
+      x = upsample_nearest_2x(x)
     spatial = x.shape[-1 - len(ks):-1]
     if impl == 'auto' and not strided and all(k == 1 for k in ks) and all(p == (0, 0) for p in self.padding):
       y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.reshape(x.shape[-1], self.features))
       y = y.reshape(x.shape[:-1] + (self.features,))
-    elif (impl == 'auto' and not strided and len(ks) == 2 and ks == (3, 3)
-          and tuple(self.padding) == ((1, 1), (1, 1)) and spatial[0] * spatial[1] <= IM2COL_MAX_PIXELS):
+    elif impl == 'auto' and not strided and pad3 and spatial[0] * spatial[1] <= IM2COL_MAX_PIXELS:
       y = _conv3x3_im2col(x, kernel)
     else:
       nd = len(ks)
@@ -118,12 +129,37 @@ def _conv3x3_im2col(x, kernel):
   return y.reshape(b, h, w, kernel.shape[-1])
 
 
+def _upsample2x_conv3x3(x, kernel):
+  """conv3x3(pad 1)(upsample_nearest_2x(x)) on [B, H, W, C] without the upsampled map.
+
+  Output row 2i+a sees upsampled rows 2i+a-1..2i+a+1, i.e. input rows (i-1, i, i) for a=0 and
+  (i, i, i+1) for a=1: a 2-tap kernel (w0, w1+w2) at rows (i-1, i), or (w0+w1, w2) at rows (i, i+1).
+  The same holds for columns, so each of the 4 output phases is a 2x2 conv of x.
+  """
+  b, h, w, _ = x.shape
+  o = kernel.shape[-1]
+  merge = (lambda k: jnp.stack([k[0], k[1] + k[2]]), lambda k: jnp.stack([k[0] + k[1], k[2]]))
+  outs = []
+  for a in range(2):
+    ka = merge[a](kernel)                                            # [2, 3, C, O]
+    for c in range(2):
+      kab = jnp.moveaxis(merge[c](jnp.moveaxis(ka, 1, 0)), 0, 1)     # [2, 2, C, O]
+      pad = [(1, 0) if a == 0 else (0, 1), (1, 0) if c == 0 else (0, 1)]
+      outs.append(jax.lax.conv_general_dilated(x, kab, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  y = jnp.stack(outs, axis=3).reshape(b, h, w, 2, 2, o)               # phases (a, c)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * w, o)
+
+
 def conv(features: int, kernel: int | Sequence[int], *, stride: int = 1, padding: int | None = None,
-         use_bias: bool = True, ndim: int = 2, name: str | None = None, dtype=None) -> Conv:
-  """A torch-style Conv{2,3}d: symmetric integer padding (default kernel//2), stride, bias flag."""
+         use_bias: bool = True, ndim: int = 2, name: str | None = None, dtype=None,
+         upsample: bool = False) -> Conv:
+  """A torch-style Conv{2,3}d: symmetric integer padding (default kernel//2), stride, bias flag.
+
+  upsample=True: the conv of the nearest-2x-upsampled input (LDM's Upsample), see CONV_IMPL.
+  """
   ks = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
   pad = tuple((k // 2, k // 2) for k in ks) if padding is None else ((padding, padding),) * ndim
-  return Conv(features, ks, (stride,) * ndim, pad, use_bias=use_bias, name=name, dtype=dtype)
+  return Conv(features, ks, (stride,) * ndim, pad, use_bias=use_bias, name=name, dtype=dtype, upsample=upsample)
 
 
 def dense(features: int, *, use_bias: bool = True, name: str | None = None, dtype=None) -> nn.Dense:
@@ -163,6 +199,15 @@ class ConvTranspose3d(nn.Module):
 def upsample_nearest_2x(x):
   """F.interpolate(scale_factor=2, mode='nearest') on [B, H, W, C]."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class Upsample(nn.Module):
+  """Upsample(with_conv=True) of both the UNet and the VAE: nearest x2, then a 3x3 conv named `conv`."""
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    return conv(x.shape[-1], 3, name='conv', dtype=self.dtype, upsample=True)(x)
 
 
 def _gather_nd(feats, idx):

@@ -18,16 +18,47 @@ import jax
 import jax.numpy as jnp
 
 from hv_jax.models.config import UNetConfig
-from hv_jax.models.layers import GroupNorm, LayerNorm, conv, dense, timestep_embedding, upsample_nearest_2x
+from hv_jax.models.layers import GroupNorm, LayerNorm, Upsample, conv, dense, timestep_embedding
 
 Dtype = Any
 
 
+# Lowering of the attention layers (read at trace time, so set it before jit-compiling):
+#   'reference' - the literal formulation: QK^T over the whole batch, then * scale, softmax, @ V;
+#                 depth attention projects the whole frustum volume to k and v.
+#   'fast'      - the same maths in an order XLA:CPU runs faster: the scale folded into q, softmax
+#                 attention one batch row at a time (lax.map: the [heads, Lq, Lk] scores of one row stay
+#                 in cache instead of streaming [B, heads, Lq, Lk] through memory); depth attention
+#                 with to_k folded into q and to_v applied after the sum over depth (to_k/to_v are
+#                 bias-free 1x1 convs, so q.(W_k c) = (W_k^T q).c and sum_z a_z W_v c_z = W_v sum_z a_z c_z),
+#                 which skips two [B, D, h, w, heads*dim_head] projections of the volume.
+# Both give the same results to float32 rounding; params are the same.
+ATTN_IMPL = 'fast'
+
+
+def _attn_impl():
+  if ATTN_IMPL not in ('reference', 'fast'):
+    raise ValueError(f'unknown ATTN_IMPL {ATTN_IMPL!r}: use "reference" or "fast"')
+  return ATTN_IMPL
+
+
 def _attention(q, k, v, scale):
   """Softmax attention, q [B, Lq, H, d], k/v [B, Lk, H, d] -> [B, Lq, H, d]; softmax in float32."""
-  sim = jnp.einsum('bihd,bjhd->bhij', q, k) * scale
-  attn = jax.nn.softmax(sim.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum('bhij,bjhd->bihd', attn, v)
+  if _attn_impl() == 'reference':
+    sim = jnp.einsum('bihd,bjhd->bhij', q, k) * scale
+    attn = jax.nn.softmax(sim.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum('bhij,bjhd->bihd', attn, v)
+
+  def one_row(args):
+    qr, kr, vr = args
+    sim = jnp.einsum('ihd,jhd->hij', qr, kr)
+    attn = jax.nn.softmax(sim.astype(jnp.float32), axis=-1).astype(vr.dtype)
+    return jnp.einsum('hij,jhd->ihd', attn, vr)
+
+  q = q * jnp.asarray(scale, q.dtype)
+  if q.shape[0] == 1 or q.shape[1] * k.shape[1] < 4096:  # tiny score matrices (cross-attention): batched
+    return jax.vmap(one_row)((q, k, v))
+  return jax.lax.map(one_row, (q, k, v))
 
 
 class ResBlock(nn.Module):
@@ -132,16 +163,40 @@ class DepthAttention(nn.Module):
   @nn.compact
   def __call__(self, x, context):
     inner = self.heads * self.dim_head
+    nh, dh = self.heads, self.dim_head
+    scale = self.dim_head ** -0.5
     q = conv(inner, 1, use_bias=False, name='to_q', dtype=self.dtype)(x)
-    k = conv(inner, 1, use_bias=False, ndim=3, name='to_k', dtype=self.dtype)(context)
-    v = conv(inner, 1, use_bias=False, ndim=3, name='to_v', dtype=self.dtype)(context)
-    q = q.reshape(q.shape[:3] + (self.heads, self.dim_head))            # b h w H d
-    k = k.reshape(k.shape[:4] + (self.heads, self.dim_head))            # b D h w H d
-    v = v.reshape(v.shape[:4] + (self.heads, self.dim_head))
-    sim = jnp.einsum('bxyhc,bzxyhc->bzxyh', q, k) * self.dim_head ** -0.5
-    attn = jax.nn.softmax(sim.astype(jnp.float32), axis=1).astype(v.dtype)
-    out = jnp.einsum('bzxyh,bzxyhc->bxyhc', attn, v).reshape(x.shape[:3] + (inner,))
+    q = q.reshape(q.shape[:3] + (nh, dh))                              # b h w H d
+    if _attn_impl() == 'reference':
+      k = conv(inner, 1, use_bias=False, ndim=3, name='to_k', dtype=self.dtype)(context)
+      v = conv(inner, 1, use_bias=False, ndim=3, name='to_v', dtype=self.dtype)(context)
+      k = k.reshape(k.shape[:4] + (nh, dh))                            # b D h w H d
+      v = v.reshape(v.shape[:4] + (nh, dh))
+      sim = jnp.einsum('bxyhc,bzxyhc->bzxyh', q, k) * scale
+      attn = jax.nn.softmax(sim.astype(jnp.float32), axis=1).astype(v.dtype)
+      out = jnp.einsum('bzxyh,bzxyhc->bxyhc', attn, v)
+    else:
+      cdim = context.shape[-1]
+      dtype = self.dtype
+      wk = _Kernel((1, 1, 1, cdim, inner), name='to_k')().astype(dtype).reshape(cdim, nh, dh)
+      wv = _Kernel((1, 1, 1, cdim, inner), name='to_v')().astype(dtype).reshape(cdim, nh, dh)
+      ctx = context.astype(dtype)
+      qk = jnp.einsum('bxyhd,chd->bxyhc', q * jnp.asarray(scale, dtype), wk)   # W_k^T q
+      sim = jnp.einsum('bxyhc,bzxyc->bzxyh', qk, ctx)
+      attn = jax.nn.softmax(sim.astype(jnp.float32), axis=1).astype(dtype)
+      pooled = jnp.einsum('bzxyh,bzxyc->bxyhc', attn, ctx)                     # sum_z a_z c_z
+      out = jnp.einsum('bxyhc,chd->bxyhd', pooled, wv)
+    out = out.reshape(x.shape[:3] + (inner,))
     return conv(x.shape[-1], 1, use_bias=False, name='to_out', dtype=self.dtype)(out)
+
+
+class _Kernel(nn.Module):
+  """Just a conv's kernel param (same tree as a bias-free `conv`), for layers that apply it themselves."""
+  shape: tuple
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', nn.initializers.lecun_normal(), self.shape, jnp.float32)
 
 
 class DepthTransformer(nn.Module):
@@ -174,12 +229,6 @@ class Downsample(nn.Module):
     return conv(x.shape[-1], 3, stride=2, padding=1, name='op', dtype=self.dtype)(x)
 
 
-class Upsample(nn.Module):
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    return conv(x.shape[-1], 3, name='conv', dtype=self.dtype)(upsample_nearest_2x(x))
 
 
 class DepthWiseAttentionUNet(nn.Module):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hv_jax.models.config import VAEConfig
-from hv_jax.models.layers import GroupNorm, conv, upsample_nearest_2x
+from hv_jax.models.layers import GroupNorm, Upsample, conv
 
 Dtype = Any
 
@@ -69,13 +69,6 @@ class Downsample(nn.Module):
     return conv(x.shape[-1], 3, stride=2, padding=0, name='conv', dtype=self.dtype)(x)
 
 
-class Upsample(nn.Module):
-  """model.Upsample(with_conv=True): nearest x2, then 3x3 conv."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    return conv(x.shape[-1], 3, name='conv', dtype=self.dtype)(upsample_nearest_2x(x))
 
 
 class _Mid(nn.Module):
