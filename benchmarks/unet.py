@@ -181,7 +181,7 @@ def run_torch(args, cfg, inputs):
   x, t, ctx = (np.asarray(a) for a in inputs[:3])
   vols = tuple(np.asarray(v) for v in inputs[3])
   tx = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-  tt = torch.from_numpy(t)
+  tt = torch.from_numpy(np.array(t))
   tc = torch.from_numpy(ctx)
   src = {v.shape[3]: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1))) for v in vols}
   del vols
