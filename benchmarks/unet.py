@@ -283,6 +283,8 @@ def main(args):
       runs[impl]['times'] += timed(lambda: runs[impl]['compiled'](params, *inputs), 1)
       peaks.append(matmul_peak(args.matmul_size, args.matmul_repeats))
       runs[impl].setdefault('local_peaks', []).append((peaks[-2] + peaks[-1]) / 2)
+      print(f'  {impl}: {runs[impl]["times"][-1]:.2f} s (matmul {peaks[-2]:.1f} / {peaks[-1]:.1f} GFLOP/s around it)',
+            flush=True)
 
   rows = [(f'jax {impl}', min(r['times']), statistics.median(r['times']), r['executed']) for impl, r in runs.items()]
   if len(runs) > 1:

@@ -69,6 +69,23 @@ def test_conv_layouts(ndim, stride, padding):
   _close(out, ref)
 
 
+@pytest.mark.parametrize('impl', ['auto', 'xla'])
+@pytest.mark.parametrize('stride,shape', [(1, (7, 5, 6)), (2, (7, 5, 6)), (1, (3, 2, 2))])
+def test_conv3d_lowerings(impl, stride, shape, monkeypatch):
+  """Both lowerings of a 3-d conv (depth-folded 2-d conv / lax 3-d conv) on odd, non-cubic shapes."""
+  monkeypatch.setattr(layers, 'CONV_IMPL', impl)
+  m = torch.nn.Conv3d(5, 7, 3, stride=stride, padding=1)
+  x = RNG.normal(size=(2,) + shape + (5,)).astype(np.float32)
+  ref = m(_t(x).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).detach().numpy()
+  k = names.TRANSFORMS['conv3d'](m.weight.detach().numpy())
+  out = layers.conv(7, 3, stride=stride, padding=1, ndim=3).apply({'params': {'kernel': k, 'bias': m.bias.detach().numpy()}}, x)
+  _close(out, ref)
+  mt = torch.nn.ConvTranspose3d(5, 4, kernel_size=3, padding=1, output_padding=1, stride=2)
+  ref_t = mt(_t(x).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).detach().numpy()
+  params = {'kernel': names.TRANSFORMS['conv_transpose3d'](mt.weight.detach().numpy()), 'bias': mt.bias.detach().numpy()}
+  _close(layers.ConvTranspose3d(4).apply({'params': params}, x), ref_t)
+
+
 def test_linear_layout():
   m = torch.nn.Linear(6, 3)
   x = RNG.normal(size=(4, 6)).astype(np.float32)
