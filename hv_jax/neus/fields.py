@@ -73,6 +73,33 @@ class SDFConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GridSDFConfig:
+  """A fast SDF field for CPU training (configs/neus_fast.py; not in the original).
+
+  Dense multi-resolution feature grids over the cube [-bound, bound]^3 (trilinear, `features` channels per
+  level, all levels in one table [sum r^3, features] under params['sdf']['grids']; the dense analogue of the original's unused SDFHashGridNetwork), concatenated with xyz, then a
+  small softplus(beta=100) MLP to [sdf, features]. The SDF is parameterised as |x| - radius + MLP output
+  (last layer starts near zero), so training starts from a sphere with |grad sdf| = 1, as geometric init.
+  """
+  resolutions: Tuple[int, ...] = (32, 64, 128)
+  features: int = 4
+  bound: float = 0.6
+  d_hidden: int = 64
+  n_layers: int = 2
+  d_out: int = 16
+  radius: float = 0.5
+  grid_init: float = 1e-4
+
+  @property
+  def input_ch(self) -> int:
+    return 3 + self.features * len(self.resolutions)
+
+  def layer_shapes(self) -> Tuple[Tuple[int, int], ...]:
+    dims = [self.input_ch] + [self.d_hidden] * self.n_layers + [self.d_out]
+    return tuple((dims[l], dims[l + 1]) for l in range(len(dims) - 1))
+
+
+@dataclasses.dataclass(frozen=True)
 class ColorConfig:
   """`RenderingNetwork(...)` as NeuSRenderer builds it (use_view_dir=True, the only used mode)."""
   d_feature: int = 256
@@ -103,7 +130,7 @@ class NeuSConfig:
   `use_mask`: NeuSRenderer's own flag (RendererTrainer never passes its `use_mask` on, so it is always
   True in the original); the mask loss is on when `use_mask and lambda_mask_loss > 0`.
   """
-  sdf: SDFConfig = SDFConfig()
+  sdf: Any = SDFConfig()          # SDFConfig (the original) or GridSDFConfig (neus_fast)
   color: ColorConfig = ColorConfig()
   variance_init: float = 0.3
   n_samples: int = 64
@@ -117,6 +144,7 @@ class NeuSConfig:
   lambda_eikonal_loss: float = 0.1
   rgb_loss: str = 'soft_l1'
   use_mask: bool = True
+  clip_to_cube: bool = False      # neus_fast: sample only inside sphere AND cube (the original: sphere only)
 
   @classmethod
   def from_dict(cls, d: dict) -> 'NeuSConfig':
@@ -128,13 +156,16 @@ class NeuSConfig:
       return kw
     kw = pick(cls, {k: v for k, v in d.items() if k not in ('sdf', 'color')})
     if 'sdf' in d:
-      kw['sdf'] = SDFConfig(**pick(SDFConfig, d['sdf']))
+      klass = GridSDFConfig if d['sdf'].get('kind') == 'grid' else SDFConfig
+      kw['sdf'] = klass(**pick(klass, d['sdf']))
     if 'color' in d:
       kw['color'] = ColorConfig(**pick(ColorConfig, d['color']))
     return cls(**kw)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    d['sdf']['kind'] = 'grid' if isinstance(self.sdf, GridSDFConfig) else 'mlp'
+    return d
 
 
 # ------------------------------------------------------------------------------------------ primitives
@@ -185,6 +216,8 @@ def sdf_forward(p: Params, x, cfg: SDFConfig, sdf_only: bool = False):
 
   `sdf_only` returns just [..., 1] and evaluates only that column of the last layer (SDFNetwork.sdf).
   """
+  if isinstance(cfg, GridSDFConfig):
+    return grid_sdf_forward(p, x, cfg, sdf_only)
   inputs = positional_encoding(x * cfg.scale, cfg.multires)
   h = inputs
   n = cfg.num_linear
@@ -214,6 +247,54 @@ def sdf_and_gradient(p: Params, x, cfg: SDFConfig):
   ct = jnp.zeros_like(out).at[..., 0].set(1.0)
   (grad,) = vjp(ct)
   return out, grad
+
+
+_CORNERS = np.array([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], np.int32)   # [8, 3]
+
+
+def _corners(x, r: int, bound: float):
+  """Flat indices [..., 8] of the 8 cell corners around x in an r^3 grid over [-bound, bound]^3 (corner
+  aligned, coordinates clamped to the cube) and their trilinear weights [..., 8]."""
+  u = jnp.clip((x + bound) / (2 * bound) * (r - 1), 0.0, r - 1.0)
+  i0 = jnp.minimum(jnp.floor(jax.lax.stop_gradient(u)), r - 2).astype(jnp.int32)
+  f = u - i0
+  c = i0[..., None, :] + _CORNERS                                        # [..., 8, 3]
+  idx = (c[..., 0] * r + c[..., 1]) * r + c[..., 2]
+  w3 = jnp.where(_CORNERS == 1, f[..., None, :], 1.0 - f[..., None, :])  # [..., 8, 3]
+  return idx, w3[..., 0] * w3[..., 1] * w3[..., 2]
+
+
+def multires_trilinear(table, resolutions, x, bound: float):
+  """Trilinear lookups at x [..., 3] in len(resolutions) grids stored back to back in one table
+  [sum r^3, F] (level l's r^3 rows flattened x-major) -> [..., L*F], as ONE gather (and one scatter-add in
+  the backward pass: XLA:CPU pays per op far more than per element)."""
+  idx, w, offset = [], [], 0
+  for r in resolutions:
+    i, ww = _corners(x, r, bound)
+    idx.append(i + offset)
+    w.append(ww)
+    offset += r ** 3
+  idx = jnp.concatenate(idx, -1)                                         # [..., 8L]
+  w = jnp.concatenate(w, -1)
+  vals = jnp.take(table, idx, axis=0) * w[..., None]                     # [..., 8L, F]
+  shape = vals.shape[:-2] + (len(resolutions), 8, vals.shape[-1])
+  return jnp.sum(vals.reshape(shape), -2).reshape(shape[:-3] + (-1,))   # level-major [..., L*F]
+
+
+def grid_sdf_forward(p: Params, x, cfg: GridSDFConfig, sdf_only: bool = False):
+  """GridSDFConfig field: [..., 3] -> [..., d_out] (column 0 the SDF)."""
+  feats = multires_trilinear(p['grids'], cfg.resolutions, x, cfg.bound)
+  h = jnp.concatenate([x, feats], -1)
+  n = len(cfg.layer_shapes())
+  for l in range(n):
+    lp = p[f'lin{l}']
+    if sdf_only and l == n - 1:
+      lp = {k: v[..., :1] for k, v in lp.items()}
+    h = linear(lp, h)
+    if l < n - 1:
+      h = softplus(h, 100.0)
+  prior = jnp.sqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12) - cfg.radius
+  return jnp.concatenate([h[..., :1] + prior, h[..., 1:]], -1)
 
 
 # ---------------------------------------------------------------------------------------------- colour
@@ -283,6 +364,21 @@ def init_sdf_params(key, cfg: SDFConfig) -> Params:
   return out
 
 
+def init_grid_sdf_params(key, cfg: GridSDFConfig) -> Params:
+  """Grids U(+-grid_init) (instant-ngp's init), hidden layers torch-default, last layer 1e-4 * normal, bias 0."""
+  shapes = cfg.layer_shapes()
+  keys = jax.random.split(key, len(shapes) + len(cfg.resolutions))
+  rows = sum(r ** 3 for r in cfg.resolutions)
+  out = {'grids': jax.random.uniform(keys[-1], (rows, cfg.features), jnp.float32, -cfg.grid_init, cfg.grid_init)}
+  for l, (fi, fo) in enumerate(shapes):
+    if l == len(shapes) - 1:
+      w, b = 1e-4 * jax.random.normal(keys[l], (fi, fo), jnp.float32), jnp.zeros((fo,), jnp.float32)
+    else:
+      w, b = _torch_linear_default(keys[l], fi, fo)
+    out[f'lin{l}'] = {'kernel': w, 'bias': b}
+  return out
+
+
 def init_color_params(key, cfg: ColorConfig) -> Params:
   """RenderingNetwork.__init__: default nn.Linear init, then weight norm."""
   shapes = cfg.layer_shapes()
@@ -298,5 +394,6 @@ def init_color_params(key, cfg: ColorConfig) -> Params:
 def init_params(key, cfg: NeuSConfig) -> Params:
   """Fresh NeuSRenderer params for training from scratch (geometric init: SDF ~ |x| - bias)."""
   ks, kc = jax.random.split(key)
-  return {'sdf': init_sdf_params(ks, cfg.sdf), 'color': init_color_params(kc, cfg.color),
+  sdf_init = init_grid_sdf_params if isinstance(cfg.sdf, GridSDFConfig) else init_sdf_params
+  return {'sdf': sdf_init(ks, cfg.sdf), 'color': init_color_params(kc, cfg.color),
           'variance': jnp.asarray(cfg.variance_init, jnp.float32)}

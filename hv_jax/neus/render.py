@@ -30,6 +30,19 @@ def near_far_from_sphere(rays_o, rays_d, radius: float = float(np.sqrt(3) / 2)):
   return mid - radius, mid + radius
 
 
+def near_far_in_cube(rays_o, rays_d, near, far, side_length: float = 0.6):
+  """Clips [near, far] to the ray's overlap with the cube |x_i| <= side_length (samples outside it contribute
+  nothing in NeuS); a ray that misses the cube keeps a zero-length interval at `near`."""
+  inv = 1.0 / jnp.where(jnp.abs(rays_d) < 1e-9, 1e-9, rays_d)
+  t0 = (-side_length - rays_o) * inv
+  t1 = (side_length - rays_o) * inv
+  tmin = jnp.max(jnp.minimum(t0, t1), -1, keepdims=True)
+  tmax = jnp.min(jnp.maximum(t0, t1), -1, keepdims=True)
+  n2 = jnp.maximum(near, tmin)
+  f2 = jnp.minimum(far, tmax)
+  return n2, jnp.maximum(f2, n2 + 1e-4)
+
+
 def inner_mask(points, side_length: float = 0.6):
   """get_inner_mask: all |x_i| <= side_length."""
   return jnp.all(jnp.abs(points) <= side_length, axis=-1)
@@ -175,19 +188,32 @@ def render_core(params: Params, rays_o, rays_d, z_vals, cfg: NeuSConfig, cos_ann
           'mask': mask, 'weights': weights, 'z_vals': z_vals}
 
 
+def depths(params: Params, rays_o, rays_d, cfg: NeuSConfig, *, is_train: bool = False, perturb_u=None):
+  """The sample depths [R, n_samples + n_importance] render_impl uses (no gradient)."""
+  near, far = near_far_from_sphere(rays_o, rays_d, cfg.default_radius)
+  if cfg.clip_to_cube:
+    near, far = near_far_in_cube(rays_o, rays_d, near, far, cfg.default_side_length)
+  if is_train and perturb_u is None:
+    raise ValueError('render(is_train=True) needs perturb_u: uniform [R, 1] draws in [0, 1)')
+  return sample_depth(params['sdf'], rays_o, rays_d, near, far, cfg, perturb_u if is_train else None)
+
+
+def inner_count(rays_o, rays_d, z_vals, cfg: NeuSConfig):
+  """Number of samples inside the cube (render_core's inner_mask), from the depths alone."""
+  dists = z_vals[..., 1:] - z_vals[..., :-1]
+  dists = jnp.concatenate([dists, dists[..., -1:]], -1)
+  points = rays_o[:, None, :] + rays_d[:, None, :] * (z_vals + dists * 0.5)[..., :, None]
+  return jnp.sum(inner_mask(points, cfg.default_side_length).astype(jnp.float32))
+
+
 def render(params: Params, rays_o, rays_d, cfg: NeuSConfig, *, is_train: bool = False, step=0,
-           perturb_u=None) -> Dict[str, jnp.ndarray]:
+           perturb_u=None, z_vals=None) -> Dict[str, jnp.ndarray]:
   """NeuSRenderer.render_impl. Training mode perturbs the coarse depths by (perturb_u - 0.5) * 2 / n_samples
   (`perturb_u` [R, 1] uniform in [0, 1), required) and anneals cos with min(1, step / anneal_end);
-  evaluation uses no perturbation and ratio 1."""
-  near, far = near_far_from_sphere(rays_o, rays_d, cfg.default_radius)
-  if is_train:
-    if perturb_u is None:
-      raise ValueError('render(is_train=True) needs perturb_u: uniform [R, 1] draws in [0, 1)')
-    ratio = anneal_ratio(step, cfg.anneal_end)
-  else:
-    perturb_u, ratio = None, 1.0
-  z_vals = sample_depth(params['sdf'], rays_o, rays_d, near, far, cfg, perturb_u)
+  evaluation uses no perturbation and ratio 1. `z_vals` skips the depth sampling (already done)."""
+  if z_vals is None:
+    z_vals = depths(params, rays_o, rays_d, cfg, is_train=is_train, perturb_u=perturb_u)
+  ratio = anneal_ratio(step, cfg.anneal_end) if is_train else 1.0
   return render_core(params, rays_o, rays_d, z_vals, cfg, ratio)
 
 
@@ -206,29 +232,44 @@ def render_chunked(params: Params, rays_o, rays_d, cfg: NeuSConfig, chunk: int =
   return {k: jnp.concatenate([o[k] for o in outs], 0) for k in outs[0]}
 
 
-def losses(outputs: Dict[str, jnp.ndarray], rgb_gt, mask_gt, cfg: NeuSConfig):
-  """render_with_loss's loss from render outputs: (total, {'eikonal', 'rendering', 'mask'}).
+def loss_sums(outputs: Dict[str, jnp.ndarray], rgb_gt, mask_gt, cfg: NeuSConfig) -> Dict[str, jnp.ndarray]:
+  """The additive parts of render_with_loss's loss over a ray batch (sums over rays), so a batch can be
+  processed in chunks and combined exactly (`combine_losses`)."""
+  rgb_pr = outputs['rgb']
+  if cfg.rgb_loss == 'soft_l1':
+    rgb = jnp.sum(jnp.sqrt(jnp.sum((rgb_gt - rgb_pr) ** 2, -1) + 0.001))
+  elif cfg.rgb_loss == 'mse':
+    rgb = jnp.sum(jnp.mean((rgb_pr - rgb_gt) ** 2, -1))
+  else:
+    raise NotImplementedError(cfg.rgb_loss)
+  inner = outputs['inner_mask'].astype(outputs['gradient_error'].dtype)
+  sums = {'rgb': rgb, 'eik_num': jnp.sum(outputs['gradient_error'] * inner), 'eik_den': jnp.sum(inner + 1e-5)}
+  if cfg.lambda_mask_loss > 0 and cfg.use_mask:
+    sums['mask'] = jnp.sum((outputs['mask'] - mask_gt) ** 2)
+  return sums
+
+
+def combine_losses(sums: Dict[str, jnp.ndarray], n_rays: int, cfg: NeuSConfig):
+  """(total, {'eikonal', 'rendering', 'mask'}) from `loss_sums` of all rays of the batch.
 
   rendering: soft-L1 mean(sqrt(|rgb_gt - rgb|^2 + 1e-3)) (or elementwise MSE for rgb_loss='mse');
   eikonal: sum(gradient_error * inner) / sum(inner + 1e-5) -- the 1e-5 is added per sample, as the original;
   mask: MSE(mask, mask_gt), included when use_mask and lambda_mask_loss > 0.
   """
-  rgb_pr = outputs['rgb']
-  if cfg.rgb_loss == 'soft_l1':
-    rgb_loss = jnp.mean(jnp.sqrt(jnp.sum((rgb_gt - rgb_pr) ** 2, -1) + 0.001))
-  elif cfg.rgb_loss == 'mse':
-    rgb_loss = jnp.mean((rgb_pr - rgb_gt) ** 2)
-  else:
-    raise NotImplementedError(cfg.rgb_loss)
-  inner = outputs['inner_mask'].astype(outputs['gradient_error'].dtype)
-  eikonal = jnp.sum(outputs['gradient_error'] * inner) / jnp.sum(inner + 1e-5)
+  rgb_loss = sums['rgb'] / n_rays
+  eikonal = sums['eik_num'] / sums['eik_den']
   loss = rgb_loss * cfg.lambda_rgb_loss + eikonal * cfg.lambda_eikonal_loss
   terms = {'eikonal': eikonal, 'rendering': rgb_loss}
-  if cfg.lambda_mask_loss > 0 and cfg.use_mask:
-    mask_loss = jnp.mean((outputs['mask'] - mask_gt) ** 2)
+  if 'mask' in sums:
+    mask_loss = sums['mask'] / n_rays
     loss = loss + mask_loss * cfg.lambda_mask_loss
     terms['mask'] = mask_loss
   return loss, terms
+
+
+def losses(outputs: Dict[str, jnp.ndarray], rgb_gt, mask_gt, cfg: NeuSConfig):
+  """render_with_loss's loss from render outputs: (total, {'eikonal', 'rendering', 'mask'})."""
+  return combine_losses(loss_sums(outputs, rgb_gt, mask_gt, cfg), outputs['rgb'].shape[0], cfg)
 
 
 def render_with_loss(params: Params, batch: Dict[str, jnp.ndarray], cfg: NeuSConfig, *, is_train: bool,

@@ -1,0 +1,1 @@
+"""Evaluation metrics of HarmonyView: geometry (Chamfer distance, volume IoU)."""
