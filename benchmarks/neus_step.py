@@ -7,6 +7,7 @@ colours and masks; the params are a fresh init (the step's cost does not depend 
 
   PYTHONPATH=. python benchmarks/neus_step.py                        # both configs
   PYTHONPATH=. python benchmarks/neus_step.py --configs neus_fast --repeats 20
+  PYTHONPATH=. python benchmarks/neus_step.py --torch --repeats 1          # + the original PyTorch step
 """
 from __future__ import annotations
 
@@ -71,20 +72,79 @@ def one(name: str, repeats: int):
           'steps_total': tc.total_steps, 'projected_train_min': best * tc.total_steps / 60}
 
 
+def torch_original(ref: str, repeats: int):
+  """The original NeuSRenderer (HarmonyView renderer/renderer.py) at configs/neus.yaml settings: one training
+  step = render_with_loss on 3584 + 512 rays, backward, AdamW. Imports that a CPU step never uses
+  (tinycudann, lightning, carvekit helpers, ...) are stubbed."""
+  import types
+  import numpy as np
+  import torch
+  torch.set_num_threads(os.cpu_count())
+
+  def stub(name, **attrs):
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    sys.modules[name] = m
+  for name in ('tinycudann', 'cv2', 'raymarching', 'ldm', 'skimage'):
+    stub(name)
+  stub('pytorch_lightning', LightningModule=torch.nn.Module)
+  stub('omegaconf', OmegaConf=object)
+  stub('skimage.io', imread=None, imsave=None)
+  stub('ldm.util', instantiate_from_config=None)
+  stub('ldm.base_utils', read_pickle=None, concat_images_list=None)
+  stub('renderer.ngp_renderer', NGPNetwork=None)
+  sys.path.insert(0, ref)
+  from renderer.renderer import NeuSRenderer
+  sys.path.insert(0, ROOT)
+  from hv_jax.neus import data as neus_data
+  torch.manual_seed(0)
+  model = NeuSRenderer(4096, 4096, lambda_eikonal_loss=0.1, lambda_rgb_loss=0.5, lambda_mask_loss=1.0)
+  opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+  n = 4096
+  Ks, poses, _ = neus_data.default_cameras()
+  o, d = neus_data.make_rays(Ks, poses, 256, 256)
+  rng = np.random.default_rng(0)
+  idx = rng.choice(len(o), n, replace=False)
+  batch = {'rays_o': torch.from_numpy(o[idx].copy()), 'rays_d': torch.from_numpy(d[idx].copy()),
+           'rgb': torch.from_numpy(rng.random((n, 3), np.float32)),
+           'mask': torch.from_numpy((rng.random((n, 1)) > 0.5).astype(np.float32))}
+
+  def step():
+    loss, _ = model.render_with_loss(batch, is_train=True, step=100)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return {'config': 'torch original (configs/neus.yaml)', 'rays': n, 'samples_per_ray': 128,
+          'step_s': min(times), 'rays_per_s': n / min(times),
+          'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 'steps_total': 2000,
+          'projected_train_min': min(times) * 2000 / 60}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--configs', default='neus,neus_fast')
   p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--torch', action='store_true', help='also time the original PyTorch NeuSRenderer step')
+  p.add_argument('--torch-ref', default='/tmp/ref', help='checkout of the original code (renderer/ package)')
   p.add_argument('--one', default='', help=argparse.SUPPRESS)
   a = p.parse_args()
+  if a.one == 'torch':
+    print('RESULT ' + json.dumps(torch_original(a.torch_ref, a.repeats)), flush=True)
+    return
   if a.one:
     print('RESULT ' + json.dumps(one(a.one, a.repeats)), flush=True)
     return
   import jax
   print(f'jax {jax.__version__} {jax.devices()[0].platform}, {os.cpu_count()} cpus', flush=True)
   rows = []
-  for name in a.configs.split(','):
-    r = subprocess.run([sys.executable, __file__, '--one', name, '--repeats', str(a.repeats)],
+  names = a.configs.split(',') + (['torch'] if a.torch else [])
+  for name in names:
+    r = subprocess.run([sys.executable, __file__, '--one', name, '--repeats', str(a.repeats), '--torch-ref', a.torch_ref],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
     if r.returncode or not line:
@@ -97,6 +157,7 @@ def main():
         '| XLA temp GiB | peak RSS GiB | projected training |')
   print('|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
+    r = dict({'model_gflop': float('nan'), 'fraction_of_matmul': float('nan'), 'xla_temp_gib': float('nan')}, **r)
     print(f"| {r['config']} | {r['rays']} | {r['samples_per_ray']} | {r['step_s']:.3f} | {r['rays_per_s']:.0f} "
           f"| {r['model_gflop']:.1f} | {r['fraction_of_matmul']:.2f} | {r['xla_temp_gib']:.2f} "
           f"| {r['peak_rss_gib']:.2f} | {r['projected_train_min']:.1f} min ({r['steps_total']} steps) |")

@@ -34,7 +34,9 @@ VARIANTS = {   # name: (SamplerConfig overrides, fused?)
     'fused': ({}, True),
     'separate': ({}, False),
     'bf16': ({'dtype': 'bfloat16'}, True),
-    'chunk16': ({'view_chunk': 16}, True),
+    'chunk16': ({'view_chunk': 16}, True),   # a no-op for one instance (16 rows): chunks split rows
+    'chunk8': ({'view_chunk': 8}, True),     # 2 sequential calls of 8 views x 3 branches = 24 UNet rows
+    'chunk4': ({'view_chunk': 4}, True),     # 4 sequential calls of 12 UNet rows
     'remat': ({'remat': True}, True),
 }
 

@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   # RendererTrainer / configure_optimizers (hv_jax.neus.train.TrainConfig, LoopConfig)
   c.train = ml_collections.ConfigDict(dict(
       base_lr=5e-4, total_steps=2000, warm_up_steps=100, use_warm_up=True, grid_lr_scale=1.0,
-      decay_interval=1000))
+      decay_interval=1000,
+      chunks=8))               # rays through the network in 8 sequential chunks of 512: same gradient, less memory
   c.batch_num = 3584           # train_batch_num
   c.fg_num = 512               # train_batch_fg_num
   c.save_every = 500           # checkpoint interval (steps); a rerun resumes from the last one

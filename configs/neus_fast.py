@@ -26,6 +26,7 @@ def get_config():
   c.train.warm_up_steps = 50
   c.train.decay_interval = 300
   c.train.grid_lr_scale = 20.0
+  c.train.chunks = 1
   c.batch_num, c.fg_num = 768, 256
   c.save_every = 200
   c.mesh_resolution = 256
