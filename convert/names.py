@@ -51,7 +51,8 @@ CONV_TRANSPOSE = re.compile(r'^spatial_volume\.(spatial_volume_feats\.conv[789]|
                             r'\.conv\.weight$')
 
 # Leaves whose names and layouts are kept as they are.
-PLAIN_LEAVES = ('class_embedding', 'positional_embedding', 'proj', 'poses', 'Ks', 'azimuth')
+PLAIN_LEAVES = ('class_embedding', 'positional_embedding', 'proj', 'poses', 'Ks', 'azimuth', 'token_embedding',
+                'text_projection')
 
 # (regex over the full PyTorch key, reason). Matching keys are reported, never converted.
 ALLOW_UNUSED: Tuple[Tuple[str, str], ...] = (

@@ -108,12 +108,14 @@ def target_shapes(config) -> Dict[Tuple[str, ...], Tuple[tuple, object]]:
   return {k: (tuple(v.shape), v.dtype) for k, v in flat.items()}
 
 
-def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.PREFIXES):
+def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.PREFIXES,
+             allowed=names.allowed_unused):
   """Maps one key onto `targets` ({path: (shape, dtype)}); returns (path, transform) or None.
 
-  Allow-listed keys go to report.unused, unmappable and mis-shaped ones to report.unmapped/misshaped.
+  Allow-listed keys (`allowed(key)` gives a reason) go to report.unused, unmappable and mis-shaped ones to
+  report.unmapped/misshaped.
   """
-  reason = names.allowed_unused(key)
+  reason = allowed(key)
   mapped = names.map_key(key, len(shape), prefixes)
   if mapped is None or mapped[0] not in targets:
     if reason is not None:
@@ -130,14 +132,15 @@ def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.
 
 
 def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report, *,
-                    prefixes=names.PREFIXES, progress=None) -> Dict[Tuple[str, ...], np.ndarray]:
+                    prefixes=names.PREFIXES, allowed=names.allowed_unused,
+                    progress=None) -> Dict[Tuple[str, ...], np.ndarray]:
   """Maps and converts (key, tensor) pairs one by one onto `targets`; records every problem in `report`."""
   out: Dict[Tuple[str, ...], np.ndarray] = {}
   sources: Dict[Tuple[str, ...], str] = {}
   for key, tensor in items:
     if progress is not None:
       progress.update(1)
-    mapped = plan_key(key, tuple(tensor.shape), targets, report, prefixes=prefixes)
+    mapped = plan_key(key, tuple(tensor.shape), targets, report, prefixes=prefixes, allowed=allowed)
     if mapped is None:
       continue
     path, transform = mapped

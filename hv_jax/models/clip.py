@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hv_jax.models.config import CLIPConfig
+from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
 from hv_jax.models.layers import LayerNorm, conv, dense
 
 
@@ -88,9 +88,13 @@ def quick_gelu(x):
 
 
 class MultiheadAttention(nn.Module):
-  """torch.nn.MultiheadAttention self-attention (batch-first here), fused q/k/v `in_proj`."""
+  """torch.nn.MultiheadAttention self-attention (batch-first here), fused q/k/v `in_proj`.
+
+  causal=True is the text tower's `build_attention_mask` (-inf above the diagonal).
+  """
   num_heads: int
   dtype: jnp.dtype | None = None
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -101,19 +105,22 @@ class MultiheadAttention(nn.Module):
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, L, H, D]
     q = q * (w // h) ** -0.5
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    if self.causal:
+      logits = jnp.where(jnp.tril(jnp.ones((l, l), bool)), logits, -jnp.inf)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     o = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, l, w)
     return dense(w, name='out_proj', dtype=self.dtype)(o)
 
 
 class MLP(nn.Module):
-  """ResidualAttentionBlock.mlp: c_fc (W -> 4W), QuickGELU, c_proj (4W -> W)."""
+  """ResidualAttentionBlock.mlp: c_fc (W -> ratio*W; OpenAI CLIP: 4), QuickGELU, c_proj (back to W)."""
   dtype: jnp.dtype | None = None
+  ratio: int = 4
 
   @nn.compact
   def __call__(self, x):
     w = x.shape[-1]
-    y = quick_gelu(dense(4 * w, name='c_fc', dtype=self.dtype)(x))
+    y = quick_gelu(dense(self.ratio * w, name='c_fc', dtype=self.dtype)(x))
     return dense(w, name='c_proj', dtype=self.dtype)(y)
 
 
@@ -121,23 +128,27 @@ class ResidualAttentionBlock(nn.Module):
   """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
   num_heads: int
   dtype: jnp.dtype | None = None
+  causal: bool = False
+  mlp_ratio: int = 4
 
   @nn.compact
   def __call__(self, x):
-    x = x + MultiheadAttention(self.num_heads, self.dtype, name='attn')(LayerNorm(name='ln_1')(x))
-    return x + MLP(self.dtype, name='mlp')(LayerNorm(name='ln_2')(x))
+    x = x + MultiheadAttention(self.num_heads, self.dtype, self.causal, name='attn')(LayerNorm(name='ln_1')(x))
+    return x + MLP(self.dtype, self.mlp_ratio, name='mlp')(LayerNorm(name='ln_2')(x))
 
 
 class Transformer(nn.Module):
-  """OpenAI CLIP Transformer: `layers` ResidualAttentionBlocks named resblocks_i (no mask)."""
+  """OpenAI CLIP Transformer: `layers` ResidualAttentionBlocks named resblocks_i (causal for text)."""
   layers: int
   num_heads: int
   dtype: jnp.dtype | None = None
+  causal: bool = False
+  mlp_ratio: int = 4
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.layers):
-      x = ResidualAttentionBlock(self.num_heads, self.dtype, name=f'resblocks_{i}')(x)
+      x = ResidualAttentionBlock(self.num_heads, self.dtype, self.causal, self.mlp_ratio, name=f'resblocks_{i}')(x)
     return x
 
 
@@ -167,7 +178,8 @@ class CLIPVisionTower(nn.Module):
     cls = jnp.broadcast_to(class_embedding.astype(x.dtype), (b, 1, w))
     x = jnp.concatenate([cls, x], axis=1) + positional_embedding.astype(x.dtype)
     x = LayerNorm(name='ln_pre')(x)
-    x = Transformer(cfg.vision_layers, cfg.vision_heads, self.dtype, name='transformer')(x)
+    x = Transformer(cfg.vision_layers, cfg.vision_heads, self.dtype, mlp_ratio=cfg.vision_mlp_ratio,
+                    name='transformer')(x)
     x = LayerNorm(name='ln_post')(x[:, 0, :])
     return (x @ proj.astype(x.dtype)).astype(jnp.float32)
 
@@ -180,3 +192,70 @@ def encode(params, x: jax.Array, config: CLIPConfig, dtype=None) -> jax.Array:
   """
   emb = CLIPVisionTower(config, dtype).apply({'params': params}, preprocess(x, config))
   return emb[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text transformer and the two-tower model (OpenAI clip/model.py CLIP.encode_text / encode_image)
+# ----------------------------------------------------------------------------------------------------
+
+class CLIPTextTower(nn.Module):
+  """OpenAI `CLIP.encode_text`: token ids [B, L] (L = context_length) -> [B, E] float32.
+
+  token_embedding + positional_embedding -> causal transformer -> ln_final -> the token at argmax(ids)
+  (the end-of-text token has the largest id) @ text_projection. Because attention is causal, what follows
+  the end-of-text token (zero padding in clip.tokenize) cannot change the result.
+  """
+  config: CLIPTextConfig
+  embed_dim: int
+
+  @nn.compact
+  def __call__(self, ids):
+    cfg = self.config
+    w = cfg.width
+    token_embedding = self.param('token_embedding', nn.initializers.normal(0.02), (cfg.vocab_size, w), jnp.float32)
+    positional_embedding = self.param('positional_embedding', nn.initializers.normal(0.01),
+                                      (cfg.context_length, w), jnp.float32)
+    text_projection = self.param('text_projection', nn.initializers.normal(w ** -0.5), (w, self.embed_dim),
+                                 jnp.float32)
+    x = jnp.take(token_embedding, ids, axis=0) + positional_embedding[:ids.shape[1]]
+    x = Transformer(cfg.layers, cfg.heads, causal=True, mlp_ratio=cfg.mlp_ratio, name='transformer')(x)
+    x = LayerNorm(name='ln_final')(x)
+    eot = jnp.take_along_axis(x, jnp.argmax(ids, axis=-1)[:, None, None], axis=1)[:, 0]
+    return eot @ text_projection
+
+
+class CLIPModel(nn.Module):
+  """Both towers under `visual` and `text` (the OpenAI state-dict split: `visual.*` vs the rest)."""
+  config: CLIPModelConfig
+
+  def setup(self):
+    self.visual = CLIPVisionTower(self.config.vision)
+    self.text = CLIPTextTower(self.config.text, self.config.vision.embed_dim)
+
+  def __call__(self, pixels, ids):
+    return self.visual(pixels), self.text(ids)
+
+  def encode_image(self, pixels):
+    return self.visual(pixels)
+
+  def encode_text(self, ids):
+    return self.text(ids)
+
+
+def encode_image(params, pixels: jax.Array, config: CLIPModelConfig) -> jax.Array:
+  """`CLIP.encode_image` on CLIP-preprocessed [B, R, R, 3] pixels -> [B, E] (params of a CLIPModel)."""
+  return CLIPModel(config).apply({'params': params}, pixels, method=CLIPModel.encode_image)
+
+
+def encode_text(params, ids: jax.Array, config: CLIPModelConfig) -> jax.Array:
+  """`CLIP.encode_text` on token ids [B, L] -> [B, E] (params of a CLIPModel)."""
+  return CLIPModel(config).apply({'params': params}, ids, method=CLIPModel.encode_text)
+
+
+def init_params(config: CLIPModelConfig, rng=None):
+  """Random CLIPModel params (tests, benchmarks); jax.eval_shape of this gives the converter's targets."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  r = config.vision.image_resolution
+  pixels = jnp.zeros((1, r, r, 3), jnp.float32)
+  ids = jnp.zeros((1, config.text.context_length), jnp.int32)
+  return CLIPModel(config).init(rng, pixels, ids)['params']

@@ -64,10 +64,43 @@ class CLIPConfig:
   vision_patch_size: int = 14
   mean: Tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
   std: Tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+  vision_head_width: int = 64  # OpenAI CLIP: heads = width // 64 (other widths for small test towers)
+  vision_mlp_ratio: int = 4    # OpenAI CLIP: MLP width 4 * width
 
   @property
   def vision_heads(self) -> int:
-    return self.vision_width // 64  # OpenAI CLIP: heads = width // 64
+    return self.vision_width // self.vision_head_width
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPTextConfig:
+  """OpenAI CLIP text transformer (ViT-L/14 defaults); heads = width // head_width as in clip.build_model."""
+  vocab_size: int = 49408
+  context_length: int = 77
+  width: int = 768
+  layers: int = 12
+  head_width: int = 64
+  mlp_ratio: int = 4
+
+  @property
+  def heads(self) -> int:
+    return self.width // self.head_width
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPModelConfig:
+  """The two-tower CLIP of the CD score (eval_CD_score.py loads OpenAI ViT-L/14). Both towers project to
+  `vision.embed_dim`."""
+  vision: CLIPConfig = CLIPConfig()
+  text: CLIPTextConfig = CLIPTextConfig()
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'CLIPModelConfig':
+    fix = lambda src: {k: tuple(v) if isinstance(v, list) else v for k, v in src.items()}
+    return cls(vision=CLIPConfig(**fix(d['vision'])), text=CLIPTextConfig(**fix(d['text'])))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,13 +11,13 @@ so memory stays bounded at 512^3 (a slab of 16 planes = 4.2 M points).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hv_jax import atomic
 from hv_jax.neus import fields
 from hv_jax.neus.fields import NeuSConfig, Params
 
@@ -105,15 +105,4 @@ def write_ply(path, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np
   frec = np.empty(len(f), [('n', 'u1'), ('idx', '<i4', 3)])
   frec['n'] = 3
   frec['idx'] = f
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-', suffix='.ply')
-  try:
-    with os.fdopen(fd, 'wb') as fh:
-      fh.write(('\n'.join(header) + '\n').encode('ascii'))
-      fh.write(vrec.tobytes())
-      fh.write(frec.tobytes())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_bytes(path, ('\n'.join(header) + '\n').encode('ascii') + vrec.tobytes() + frec.tobytes())

@@ -20,6 +20,7 @@ from typing import Any, Dict, Tuple
 import jax
 import numpy as np
 
+from hv_jax import atomic
 from hv_jax.neus import data as neus_data
 from hv_jax.neus import mesh as neus_mesh
 from hv_jax.neus import train
@@ -55,18 +56,6 @@ def configs_from(config) -> Tuple[NeuSConfig, train.TrainConfig, train.LoopConfi
   except (TypeError, ValueError) as e:
     raise UserError(f'bad config: {e}') from None
   return cfg, tc, lc
-
-
-def _atomic_write(path: Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _prepare_output(out: Path) -> None:
@@ -133,5 +122,5 @@ def run(config) -> Dict[str, Any]:
     metrics['geometry']['name'] = name
     metrics['seconds']['evaluate'] = time.time() - t2
   metrics['seconds']['total'] = time.time() - t0
-  _atomic_write(metrics_path, json.dumps(metrics, indent=1, default=float))
+  atomic.write_json(metrics_path, metrics)
   return metrics

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from hv_jax import atomic
 from hv_jax import checkpoint as ckpt_lib
 from hv_jax import parallel
 from hv_jax.data import preprocess
@@ -43,29 +44,6 @@ class UserError(Exception):
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the file normal permissions
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def atomic_write_png(path: pathlib.Path, image_u8: np.ndarray) -> None:
-  import io
-  buf = io.BytesIO()
-  Image.fromarray(image_u8).save(buf, format='PNG')
-  atomic_write_bytes(path, buf.getvalue())
-
 
 def to_uint8(views) -> np.ndarray:
   """[..., H, W, 3] in [-1, 1] -> uint8 exactly as the original saves: ((clip(x) + 1) * 0.5 * 255).astype(uint8)."""
@@ -284,7 +262,7 @@ def run(config) -> Dict[str, dict]:
       timings['batches_s'].append(dt)
     _STEPS['bar'].reset()
     for (job, k), v in zip(chunk, views):
-      atomic_write_png(out / job.name / f'{k}.png', strip(to_uint8(v)))
+      atomic.write_png(out / job.name / f'{k}.png', strip(to_uint8(v)))
     bar.update(len(chunk))
   _STEPS['bar'].close()
   bar.close()
@@ -322,7 +300,7 @@ def write_summaries(config, out, jobs, ckpt_hash, model_config, sconf, scales, t
     if not all(p.is_file() for p in paths):
       continue  # another process (or a later run) finishes this input
     strips = [np.asarray(Image.open(p)) for p in paths]
-    atomic_write_png(out / job.name / 'grid.png', np.concatenate(strips, 0))
+    atomic.write_png(out / job.name / 'grid.png', np.concatenate(strips, 0))
     manifest = {
         'input': job.name, 'checkpoint_sha256': ckpt_hash,
         'model': 'RANDOM WEIGHTS (demo): not HarmonyView results' if ckpt_hash.startswith('random') else 'SyncDreamer',
@@ -333,6 +311,6 @@ def write_summaries(config, out, jobs, ckpt_hash, model_config, sconf, scales, t
         'scales': scales, 'eta': float(config.eta), 'elevation_deg': float(config.elevation),
         'timings': timings, 'devices': [str(d) for d in jax.local_devices()], 'jax': jax.__version__,
     }
-    atomic_write_bytes(out / job.name / 'manifest.json', json.dumps(manifest, indent=1).encode())
+    atomic.write_bytes(out / job.name / 'manifest.json', json.dumps(manifest, indent=1).encode())
     manifests[job.name] = manifest
   return manifests

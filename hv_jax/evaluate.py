@@ -1,0 +1,428 @@
+"""Evaluate generated views (and meshes) against GSO ground truth: every metric of the paper in one command.
+
+  python -m hv_jax.evaluate --pred outputs/gso --gt PATH/gso-eval --out results/gso \
+      [--clip clip-vit-large-patch14/] [--lpips_vgg vgg16-397923af.pth] [--raft raft-things.pth] \
+      [--meshes outputs/gso_neus]
+
+--pred holds one folder per object with the sampler's strips 0.png, 1.png, ... (256×4096, 16 views left to
+right: the layout of the original `generate.py`); --gt the GSO-eval folders (000.png … 015.png RGBA and
+model.obj). Per object and instance: PSNR, SSIM, LPIPS (averaged over the 16 views as eval_nvs.py), E_flow
+(eval_consistency.py), the CD score terms (eval_CD_score.py) and, with --meshes
+(MESHES/<object>-<k>-neus/mesh.ply, or MESHES/<object>/<k>/mesh.ply), Chamfer distance and volume IoU.
+
+Writes OUT/objects/<object>.json (per instance and per view, written atomically as each object finishes: an
+interrupted run resumes where it stopped), OUT/results.csv, OUT/summary.json, OUT/table.md (mean over
+objects of the per-object best, average and variance over instances, next to the paper's numbers) and
+OUT/figure.png. A metric whose weights are not given is reported as unavailable with the reason; the others
+are still computed. --random_weights runs every learned metric with random weights (benchmarks, smoke tests:
+the numbers mean nothing, and every output says so).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from hv_jax import atomic
+
+NUM_VIEWS = 16
+METRICS = ('psnr', 'ssim', 'lpips', 'e_flow', 'cd_score', 'chamfer', 'iou')
+
+
+class UserError(Exception):
+  """Bad input: one clear line, non-zero exit."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def gt_views(gt_dir: str) -> np.ndarray:
+  """[16, H, W, 4] uint8 RGBA views 000.png … 015.png."""
+  from hv_jax.metrics import flow
+  try:
+    return flow.read_gt_views(gt_dir)
+  except (FileNotFoundError, OSError, ValueError) as e:
+    raise UserError(f'{gt_dir}: {e}') from e
+
+
+def instance_files(pred_dir: str) -> List[str]:
+  """The strips <k>.png of one object, k = 0..N-1 without gaps."""
+  ks = sorted(int(m.group(1)) for f in os.listdir(pred_dir) if (m := re.fullmatch(r'(\d+)\.png', f)))
+  if not ks:
+    raise UserError(f'{pred_dir}: no generated strips (0.png, 1.png, …)')
+  if ks != list(range(len(ks))):
+    raise UserError(f'{pred_dir}: strips must be numbered 0..N-1 without gaps, found {ks}')
+  return [os.path.join(pred_dir, f'{k}.png') for k in ks]
+
+
+def pred_views(pred_dir: str, size: int) -> np.ndarray:
+  """[N, 16, H, W, 3] uint8: every strip split into its 16 views (np.array_split along the width)."""
+  from PIL import Image
+  from hv_jax.metrics import flow
+  out = []
+  for path in instance_files(pred_dir):
+    try:
+      img = Image.open(path)
+      img.load()
+    except OSError as e:
+      raise UserError(f'{path}: not a readable image ({e})') from e
+    if img.size != (NUM_VIEWS * size, size):
+      raise UserError(f'{path}: strip is {img.size[0]}x{img.size[1]}, expected {NUM_VIEWS * size}x{size} '
+                      f'({NUM_VIEWS} views of the GT size {size}x{size} left to right)')
+    out.append(flow.split_strip(np.asarray(img.convert('RGB'))))
+  return np.stack(out)
+
+
+def mesh_path(meshes: str, obj: str, k: int) -> Optional[str]:
+  for p in (os.path.join(meshes, f'{obj}-{k}-neus', 'mesh.ply'), os.path.join(meshes, obj, str(k), 'mesh.ply')):
+    if os.path.isfile(p):
+      return p
+  return None
+
+
+# ----------------------------------------------------------------------------- learned metrics
+
+@dataclasses.dataclass
+class Backend:
+  """A metric's computation, or why it is unavailable."""
+  fn: Optional[Callable] = None
+  reason: str = ''
+  random: bool = False
+
+
+def _clip_backend(args) -> Backend:
+  import jax
+  from hv_jax.metrics import cd_score
+  from hv_jax.models import clip
+  if args.random_weights:
+    from hv_jax.models.config import CLIPModelConfig
+    config = CLIPModelConfig()
+    params = jax.jit(clip.init_params, static_argnums=0)(config)
+
+    def ids_of(prompt):   # no tokenizer files: bytes of the prompt between start/end tokens, zero padded
+      ids = np.zeros((1, config.text.context_length), np.int32)
+      body = [256 + b for b in prompt.encode()][:config.text.context_length - 2]
+      ids[0, :len(body) + 2] = [config.text.vocab_size - 2, *body, config.text.vocab_size - 1]
+      return ids
+  else:
+    if not args.clip:
+      return Backend(reason='no CLIP weights: pass --clip (a Hugging Face openai/clip-vit-large-patch14 folder, '
+                            'or OpenAI ViT-L-14.pt with --clip_tokenizer)')
+    from convert import clip as convert_clip
+    params, config, _ = convert_clip.load(args.clip)
+    tok_dir = args.clip_tokenizer or (args.clip if os.path.isdir(args.clip) else None)
+    if tok_dir is None:
+      return Backend(reason='no CLIP tokenizer: pass --clip_tokenizer (a folder with vocab.json and merges.txt)')
+    tokenizer = cd_score.load_tokenizer(tok_dir)
+    ids_of = lambda prompt: cd_score.tokenize(prompt, tokenizer, config.text.context_length)
+
+  return cd_backend(params, config, ids_of, random=args.random_weights)
+
+
+def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool = False) -> Backend:
+  """CD-score terms of every instance: the prompt comes from the object name (cd_score.prompt_for)."""
+  from hv_jax.metrics import cd_score
+
+  def fn(obj, gt, pred):
+    out = cd_score.evaluate_object(params, config, pred, ids_of(cd_score.prompt_for(obj)))
+    return {'cd_D': out['D'], 'cd_S_var': out['S_var']}
+  return Backend(fn, random=random)
+
+
+def _lpips_backend(args) -> Backend:
+  import jax
+  from convert import lpips as convert_lpips
+  from hv_jax.metrics import lpips
+  if args.random_weights:
+    params = lpips.random_params(0)
+  elif args.lpips_vgg.endswith('.npz'):
+    params = convert_lpips.load_npz(args.lpips_vgg)
+  elif args.lpips_vgg:
+    params = convert_lpips.load(args.lpips_vgg, args.lpips_lin or None)
+  else:
+    return Backend(reason="no VGG16 weights for LPIPS: pass --lpips_vgg (torchvision's vgg16-397923af.pth, "
+                          "or an .npz from python -m convert.lpips)")
+  fn_jit = jax.jit(lpips.lpips)
+
+  def fn(obj, gt, pred):
+    g = to_unit(gt) * 2 - 1   # eval_nvs: lpips_fn(gt*2-1, pred*2-1)
+    p = to_unit(pred) * 2 - 1
+    return {'lpips': np.asarray(fn_jit(params, np.broadcast_to(g, p.shape), p))}
+  return Backend(fn, random=args.random_weights)
+
+
+def _raft_backend(args) -> Backend:
+  from convert import raft as convert_raft
+  from hv_jax.metrics import flow
+  if args.random_weights:
+    params = convert_raft.convert_state_dict(convert_raft.random_state_dict(0))
+  else:
+    if not args.raft:
+      return Backend(reason='no RAFT weights: pass --raft raft-things.pth (princeton-vl/RAFT models.zip)')
+    params = convert_raft.load(args.raft)
+  return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=args.flow_batch)},
+                 random=args.random_weights)
+
+
+def to_unit(img_u8: np.ndarray) -> np.ndarray:
+  """eval_nvs.color_map_forward in numpy (float32 / 255, RGBA on white), bit-exact with the original: XLA
+  may divide by a constant as a multiply by its reciprocal, one ulp off, which turns PSNR's inf into ~150 dB."""
+  x = img_u8.astype(np.float32) / np.float32(255)
+  if x.shape[-1] == 4:
+    x = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
+  return x
+
+
+def _image_fn(obj, gt, pred, crop_border: bool):
+  import jax
+  from hv_jax.metrics import image
+  f = jax.jit(lambda g, p: (image.psnr(p, g), image.ssim(p, g, crop_border=crop_border)))
+  p = to_unit(pred)
+  ps, ss = f(np.broadcast_to(to_unit(gt), p.shape), p)
+  return {'psnr': np.asarray(ps), 'ssim': np.asarray(ss)}
+
+
+def _geometry_fn(meshes: str):
+  from hv_jax.metrics import geometry
+
+  def fn(obj, gt_dir, n):
+    gt_mesh = os.path.join(gt_dir, 'model.obj')
+    paths = [mesh_path(meshes, obj, k) for k in range(n)]
+    if not os.path.isfile(gt_mesh) or None in paths:
+      missing = gt_mesh if not os.path.isfile(gt_mesh) else f'mesh of instance {paths.index(None)}'
+      return None, f'no {missing}'
+    rows = [geometry.evaluate(p, gt_mesh, obj) for p in paths]
+    return {'chamfer': np.array([r['chamfer'] for r in rows]), 'iou': np.array([r['iou'] for r in rows])}, ''
+  return fn
+
+
+def backends(args) -> Dict[str, Backend]:
+  out = {}
+  for name, make in (('cd_score', _clip_backend), ('lpips', _lpips_backend), ('e_flow', _raft_backend)):
+    try:
+      out[name] = make(args)
+    except Exception as e:  # noqa: BLE001  (a bad weight file disables one metric, not the run)
+      out[name] = Backend(reason=f'weights could not be loaded: {str(e).splitlines()[0]}')
+  return out
+
+
+# ----------------------------------------------------------------------------- per object
+
+def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend]) -> dict:
+  gt_dir, pred_dir = os.path.join(args.gt, obj), os.path.join(args.pred, obj)
+  gt = gt_views(gt_dir)
+  pred = pred_views(pred_dir, gt.shape[1])
+  if gt.shape[1] != gt.shape[2]:
+    raise UserError(f'{gt_dir}: views must be square, got {gt.shape[2]}x{gt.shape[1]}')
+  n = pred.shape[0]
+  record = {'object': obj, 'instances': n, 'per_view': {}, 'per_instance': {}, 'seconds': {},
+            'unavailable': {}, 'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border}
+
+  def put(values: Dict[str, np.ndarray]):
+    for k, v in values.items():
+      v = np.asarray(v, np.float64)
+      if v.ndim == 2:   # [N, 16] per view: eval_nvs.py averages over the views
+        record['per_view'][k] = v.tolist()
+        v = v.mean(1)
+      record['per_instance'][k] = v.tolist()
+
+  t = time.perf_counter()
+  put(_image_fn(obj, gt, pred, args.ssim_border == 'crop'))
+  record['seconds']['psnr_ssim'] = time.perf_counter() - t
+  for name, b in metric_backends.items():
+    if b.fn is None:
+      record['unavailable'][name] = b.reason
+      continue
+    t = time.perf_counter()
+    put(b.fn(obj, gt, pred))
+    record['seconds'][name] = time.perf_counter() - t
+  if args.meshes:
+    t = time.perf_counter()
+    vals, why = _geometry_fn(args.meshes)(obj, gt_dir, n)
+    if vals is None:
+      record['unavailable']['geometry'] = why
+    else:
+      put(vals)
+      record['seconds']['geometry'] = time.perf_counter() - t
+  else:
+    record['unavailable']['geometry'] = 'no --meshes given'
+  return record
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summarize(records: List[dict]) -> dict:
+  from hv_jax.metrics import cd_score, stats
+  per_instance = {r['object']: {k: np.asarray(v) for k, v in r['per_instance'].items() if k in METRICS}
+                  for r in records}
+  per_view = {r['object']: {k: np.asarray(v) for k, v in r['per_view'].items()} for r in records}
+  out = {'summary': stats.summarize(per_instance), 'script_nvs': stats.script_nvs_summary(per_view)}
+  cd = [r for r in records if 'cd_D' in r['per_instance']]
+  if cd:
+    d = np.concatenate([r['per_instance']['cd_D'] for r in cd])
+    s = np.concatenate([r['per_instance']['cd_S_var'] for r in cd])
+    out['cd_score'] = {'script': cd_score.cd_score(d, s), 'per_instance': cd_score.cd_score(d, s, variant='per_instance'),
+                       'objects': len(cd)}
+  unavailable = {}
+  for r in records:
+    for k, why in r['unavailable'].items():
+      unavailable.setdefault(k, why)
+  out['unavailable'] = unavailable
+  out['objects'] = [r['object'] for r in records]
+  out['random_weights'] = any(r['random_weights'] for r in records)
+  return out
+
+
+def write_outputs(out_dir: str, records: List[dict], summary: dict) -> None:
+  from hv_jax.metrics import stats
+  metrics = [m for m in METRICS if any(m in r['per_instance'] for r in records)] + \
+            [m for m in ('cd_D', 'cd_S_var') if any(m in r['per_instance'] for r in records)]
+  per_instance = {r['object']: {k: np.asarray(v) for k, v in r['per_instance'].items()} for r in records}
+  atomic.write_text(os.path.join(out_dir, 'results.csv'),
+                    '\n'.join(','.join(row) for row in stats.csv_rows(per_instance, metrics)) + '\n')
+  atomic.write_json(os.path.join(out_dir, 'summary.json'), summary)
+  head = [f'# Evaluation of {len(records)} objects', '',
+          f"SSIM border: {records[0].get('ssim_border', 'crop')} (see --ssim_border); CD score as "
+          'eval_CD_score.py + gso_nvs_statistics.py (ratio of means over all instances).', '']
+  if summary['random_weights']:
+    head += ['**Random weights (--random_weights): these numbers measure nothing; they exercise the pipeline.**', '']
+  table = stats.markdown_table(summary['summary'], summary.get('cd_score'), summary['script_nvs'])
+  tail = [''] + [f'- {k}: unavailable ({why})' for k, why in summary['unavailable'].items()]
+  atomic.write_text(os.path.join(out_dir, 'table.md'), '\n'.join(head) + table + '\n'.join(tail) + '\n')
+  write_figure(os.path.join(out_dir, 'figure.png'), records, summary['random_weights'])
+
+
+def write_figure(path: str, records: List[dict], random_weights: bool) -> None:
+  """Per object, every instance's value of each available metric (dots) and the object's mean (bar)."""
+  import io
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from hv_jax.metrics import stats
+  shown = [m for m in METRICS if any(m in r['per_instance'] for r in records)]
+  fig, axes = plt.subplots(len(shown), 1, figsize=(max(6, 0.45 * len(records) + 2), 2.2 * len(shown)),
+                           squeeze=False)
+  names = [r['object'] for r in records]
+  for ax, m in zip(axes[:, 0], shown):
+    for i, r in enumerate(records):
+      v = np.asarray(r['per_instance'].get(m, []), np.float64)
+      finite = v[np.isfinite(v)]
+      if len(finite) < len(v):   # PSNR of identical images
+        ax.annotate('∞' * (len(v) - len(finite)), (i, 0), xycoords=('data', 'axes fraction'), ha='center', va='bottom')
+      if len(finite):
+        ax.bar(i, finite.mean(), color='#c8d7e8', width=0.7)
+        ax.plot([i] * len(finite), finite, 'o', color='#1f4e79', markersize=3)
+    ax.set_ylabel(stats.LABELS[m])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names if ax is axes[-1, 0] else [], rotation=60, ha='right', fontsize=7)
+  title = 'per-object metrics (bars: mean over instances, dots: instances)'
+  fig.suptitle(title + (' — RANDOM WEIGHTS' if random_weights else ''), fontsize=9)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=110)
+  plt.close(fig)
+  atomic.write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def objects_of(args) -> List[str]:
+  for d, what in ((args.pred, '--pred'), (args.gt, '--gt')):
+    if not os.path.isdir(d):
+      raise UserError(f'{what} {d} is not a folder')
+  if args.objects:
+    names = args.objects.split(',')
+  else:
+    names = sorted(d for d in os.listdir(args.pred) if os.path.isdir(os.path.join(args.pred, d)))
+  if not names:
+    raise UserError(f'--pred {args.pred} holds no object folders')
+  missing = [n for n in names if not os.path.isdir(os.path.join(args.gt, n))]
+  if missing:
+    raise UserError(f'no GT folder in --gt {args.gt} for: {", ".join(missing)}')
+  return names
+
+
+def run(args) -> dict:
+  import json
+  from tqdm import tqdm
+  names = objects_of(args)
+  counts = {}
+  for n in names:   # check the whole input before any work: mismatched counts fail fast
+    counts[n] = len(instance_files(os.path.join(args.pred, n)))
+  if args.num_samples and any(c != args.num_samples for c in counts.values()):
+    bad = {n: c for n, c in counts.items() if c != args.num_samples}
+    raise UserError(f'expected {args.num_samples} strips per object (--num_samples), found {bad}')
+  if len(set(counts.values())) > 1:
+    raise UserError(f'objects have different instance counts {counts}: the statistics need the same N per '
+                    'object (pass --num_samples to name the expected count)')
+  try:
+    os.makedirs(os.path.join(args.out, 'objects'), exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot write to --out {args.out}: {e}') from e
+  metric_backends = backends(args)
+  records = []
+  bar = tqdm(names, desc='objects', unit='obj', disable=not args.progress)
+  for n in bar:
+    path = os.path.join(args.out, 'objects', f'{n}.json')
+    if os.path.isfile(path) and not args.overwrite:
+      rec = json.load(open(path))
+      if rec.get('instances') == counts[n] and rec.get('random_weights') == bool(args.random_weights) and \
+         rec.get('ssim_border') == args.ssim_border and \
+         set(rec.get('unavailable', {})) == _unavailable_names(metric_backends, args):
+        records.append(rec)
+        continue
+    bar.set_postfix_str(n)
+    rec = evaluate_object(n, args, metric_backends)
+    atomic.write_json(path, rec)
+    records.append(rec)
+  summary = summarize(records)
+  write_outputs(args.out, records, summary)
+  return summary
+
+
+def _unavailable_names(metric_backends, args) -> set:
+  names = {k for k, b in metric_backends.items() if b.fn is None}
+  return names | ({'geometry'} if not args.meshes else set())
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m hv_jax.evaluate', description=__doc__.splitlines()[0])
+  p.add_argument('--pred', required=True, help='folder of <object>/<k>.png strips (the sampler output)')
+  p.add_argument('--gt', required=True, help='GSO-eval folder: <object>/000.png … 015.png, model.obj')
+  p.add_argument('--out', required=True, help='results folder')
+  p.add_argument('--objects', default='', help='comma list (default: every object folder in --pred)')
+  p.add_argument('--num_samples', type=int, default=0, help='expected strips per object (0: any, but equal)')
+  p.add_argument('--meshes', default='', help='folder of <object>-<k>-neus/mesh.ply (Chamfer, volume IoU)')
+  p.add_argument('--clip', default='', help='CLIP weights: Hugging Face CLIPModel folder or OpenAI ViT-L-14.pt')
+  p.add_argument('--clip_tokenizer', default='', help='folder with vocab.json + merges.txt (default: --clip)')
+  p.add_argument('--lpips_vgg', default='', help="torchvision VGG16 weights (vgg16-397923af.pth)")
+  p.add_argument('--lpips_lin', default='', help="LPIPS linear heads (default: the lpips package's v0.1/vgg.pth)")
+  p.add_argument('--raft', default='', help='RAFT weights (raft-things.pth)')
+  p.add_argument('--ssim_border', choices=('crop', 'full'), default='crop',
+                 help="crop: average the SSIM map without its 5-pixel border, as torchmetrics did before PR #2721 "
+                      "(Sep 2024) and so as HarmonyView's 2023 evaluation computed it; full: torchmetrics >= that fix")
+  p.add_argument('--flow_batch', type=int, default=None, help='view sets per RAFT call (lower to save memory)')
+  p.add_argument('--random_weights', action='store_true', help='random weights for every learned metric')
+  p.add_argument('--overwrite', action='store_true', help='recompute objects that already have results')
+  p.add_argument('--no_progress', dest='progress', action='store_false')
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    summary = run(args)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(open(os.path.join(args.out, 'table.md')).read())
+  return 0 if summary else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

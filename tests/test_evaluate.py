@@ -1,0 +1,136 @@
+"""`python -m hv_jax.evaluate`: statistics as the original scripts, outputs, resume, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hv_jax import evaluate
+from hv_jax.metrics import stats
+
+CREAM = pathlib.Path(__file__).parent / 'fixtures' / 'gso' / 'cream'
+
+
+def test_per_object_statistics():
+  s = stats.per_object([20., 22., 21.], 'psnr')
+  assert s == {'best': 22., 'mean': 21., 'var': pytest.approx(2 / 3)}
+  assert stats.per_object([0.2, 0.1], 'lpips')['best'] == 0.1
+  assert stats.per_object([0.02, 0.01], 'chamfer')['best'] == 0.01
+  assert stats.per_object([float('inf')] * 2, 'psnr') == {'best': float('inf'), 'mean': float('inf'), 'var': 0.}
+  summary = stats.summarize({'a': {'psnr': np.array([20., 22.])}, 'b': {'psnr': np.array([10., 12.])}})
+  assert summary['psnr'] == {'best': 17., 'mean': 16., 'var': 1., 'objects': 2}
+
+
+def test_eval_nvs_running_means():
+  """eval_nvs.py never clears its lists: the value logged for instance k averages instances 0..k."""
+  per_view = np.array([[1.] * 16, [3.] * 16, [8.] * 16])
+  np.testing.assert_allclose(stats.nvs_script_rows(per_view), [1., 2., 4.])
+
+
+def _gt(tmp_path, names=('cream',)):
+  """Copies of the real cream views with a binary alpha, so that a uint8 strip can hold the exact composite."""
+  gt = tmp_path / 'gt'
+  for n in names:
+    (gt / n).mkdir(parents=True)
+    for k in range(16):
+      rgba = np.asarray(Image.open(CREAM / f'{k:03}.png').convert('RGBA')).copy()
+      rgba[..., 3] = np.where(rgba[..., 3] >= 128, 255, 0)
+      Image.fromarray(rgba).save(gt / n / f'{k:03}.png')
+  return gt
+
+
+def _composite(rgba):
+  x = rgba.astype(np.float32) / 255.
+  return np.round((x[..., :3] * x[..., 3:] + 1 - x[..., 3:]) * 255).astype(np.uint8)
+
+
+def _write_preds(pred, gt_obj, noises, seed=0):
+  rng = np.random.default_rng(seed)
+  views = np.stack([_composite(np.asarray(Image.open(gt_obj / f'{k:03}.png').convert('RGBA'))) for k in range(16)])
+  pred.mkdir(parents=True, exist_ok=True)
+  for k, sigma in enumerate(noises):
+    v = np.clip(views.astype(np.float32) + rng.normal(0, sigma, views.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(np.concatenate(list(v), 1)).save(pred / f'{k}.png')
+
+
+def test_cli_outputs_and_resume(tmp_path, capsys):
+  gt = _gt(tmp_path)
+  _write_preds(tmp_path / 'pred' / 'cream', gt / 'cream', [0., 4., 16.])
+  out = tmp_path / 'out'
+  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress']
+  assert evaluate.main(argv) == 0
+  rec = json.load(open(out / 'objects' / 'cream.json'))
+  psnr, ssim = rec['per_instance']['psnr'], rec['per_instance']['ssim']
+  assert psnr[0] == float('inf') and abs(ssim[0] - 1) < 1e-6          # GT against itself
+  assert psnr[1] > psnr[2] and ssim[0] > ssim[1] > ssim[2]          # more noise, worse
+  assert set(rec['unavailable']) == {'cd_score', 'lpips', 'e_flow', 'geometry'}
+  assert 'pass --raft' in rec['unavailable']['e_flow']
+  table = (out / 'table.md').read_text()
+  assert '| PSNR ↑ | 1 | ∞ |' in table and 'e_flow: unavailable' in table
+  assert (out / 'results.csv').read_text().splitlines()[0] == 'object,instance,psnr,ssim'
+  assert (out / 'figure.png').stat().st_size > 1000
+  mtime = os.stat(out / 'objects' / 'cream.json').st_mtime_ns
+  assert evaluate.main(argv) == 0                                    # resumes: nothing recomputed
+  assert os.stat(out / 'objects' / 'cream.json').st_mtime_ns == mtime
+
+
+def _error(argv, capsys):
+  assert evaluate.main(argv + ['--no_progress']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ')
+  return err[0]
+
+
+def test_bad_inputs(tmp_path, capsys):
+  gt = _gt(tmp_path, ('cream', 'soap'))
+  pred = tmp_path / 'pred'
+  base = ['--gt', str(gt), '--out', str(tmp_path / 'out')]
+  _write_preds(pred / 'cream', gt / 'cream', [0., 1.])
+  _write_preds(pred / 'soap', gt / 'soap', [0.])
+  assert 'different instance counts' in _error(['--pred', str(pred)] + base, capsys)
+  assert 'expected 2 strips' in _error(['--pred', str(pred), '--num_samples', '2'] + base, capsys)
+  Image.fromarray(np.zeros((256, 2048, 3), np.uint8)).save(pred / 'soap' / '0.png')
+  assert 'expected 4096x256' in _error(['--pred', str(pred), '--objects', 'soap'] + base, capsys)
+  os.remove(gt / 'cream' / '007.png')
+  assert '007.png' in _error(['--pred', str(pred), '--objects', 'cream'] + base, capsys)
+  assert 'no GT folder' in _error(['--pred', str(pred), '--objects', 'teapot'] + base, capsys)
+  os.remove(pred / 'cream' / '0.png')
+  assert 'without gaps' in _error(['--pred', str(pred), '--objects', 'cream'] + base, capsys)
+
+
+def test_every_metric_wired(tmp_path):
+  """All learned metrics through evaluate_object on small real views (random LPIPS/RAFT weights, the tiny
+  recorded CLIP): GT against itself gives PSNR inf, SSIM 1, LPIPS 0 and E_flow 0; noise makes them worse
+  (monotonic growth with strength: tests/test_image_metrics.py)."""
+  import argparse
+  from convert import clip as convert_clip
+  from tests import parity as P
+  gt = tmp_path / 'gt' / 'cream'
+  gt.mkdir(parents=True)
+  for k in range(16):
+    rgba = Image.open(CREAM / f'{k:03}.png').convert('RGBA').resize((64, 64), Image.BILINEAR)
+    rgba = np.asarray(rgba).copy()
+    rgba[..., 3] = np.where(rgba[..., 3] >= 128, 255, 0)
+    Image.fromarray(rgba).save(gt / f'{k:03}.png')
+  _write_preds(tmp_path / 'pred' / 'cream', gt, [0., 24.])
+  args = argparse.Namespace(gt=str(tmp_path / 'gt'), pred=str(tmp_path / 'pred'), random_weights=True,
+                            flow_batch=None, meshes='', ssim_border='crop')
+  params, config, _ = convert_clip.load(str(P.PARITY_DIR / 'cd_clip_tiny'))
+  ids = P.fixtures()['cd_text_ids']
+  backends = {'cd_score': evaluate.cd_backend(params, config, lambda prompt: ids),
+              'lpips': evaluate._lpips_backend(args), 'e_flow': evaluate._raft_backend(args)}
+  rec = evaluate.evaluate_object('cream', args, backends)
+  m = rec['per_instance']
+  assert m['psnr'][0] == float('inf') and abs(m['ssim'][0] - 1) < 1e-5   # variances clamped at 0: ~3e-6 off
+  assert abs(m['lpips'][0]) < 1e-6 and m['e_flow'][0] == 0.
+  for name in ('psnr', 'ssim'):
+    assert m[name][0] > m[name][1], name
+  for name in ('lpips', 'e_flow'):
+    assert m[name][0] < m[name][1], name
+  assert m['cd_D'][0] > 0 and len(m['cd_S_var']) == 2
+  assert set(rec['unavailable']) == {'geometry'} and len(rec['per_view']['lpips'][0]) == 16
