@@ -57,14 +57,6 @@ def read_gt_views(gt_dir, num_views: int = NUM_VIEWS):
   return np.stack(views)
 
 
-def read_strip(path, num_views: int = NUM_VIEWS):
-  """[V, H, W, 3] uint8 views of a generated strip (e.g. pr_dir/0.png)."""
-  from PIL import Image
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'generated strip missing: {path}')
-  return split_strip(np.asarray(Image.open(path).convert('RGB')), num_views)
-
-
 def cyclic_flows(params, views, iters=20):
   """views [V, H, W, 3] in [0, 255] -> (fwd, bwd) [V, H, W, 2]: flow from view i to i+1 and to i-1 (cyclic)."""
   fmap, net, inp = raft.encode(params, views)
