@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from convert import names
-from convert.syncdreamer import ConversionError, Report, convert_tensors, load_state_dict
+from convert.syncdreamer import ConversionError, Report, convert_tensors, load_state_dict, to_numpy
 
 PREFIXES = (('visual.', ('visual',)), ('', ('text',)))
 
@@ -36,10 +36,6 @@ def _allowed(key: str) -> Optional[str]:
     if re.search(pattern, key):
       return reason
   return None
-
-
-def _to_numpy(t) -> np.ndarray:
-  return t.detach().float().numpy() if hasattr(t, 'detach') else np.asarray(t, np.float32)
 
 
 # ----------------------------------------------------------------------------- architecture from weights
@@ -126,18 +122,18 @@ def openai_names_from_hf(sd: Dict[str, object], report: Report) -> Dict[str, np.
   for key, tensor in sd.items():
     m = _QKV.match(key)
     if m:
-      qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = _to_numpy(tensor)
+      qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = to_numpy(tensor)
       continue
     if key == 'visual_projection.weight':
-      out['visual.proj'] = _to_numpy(tensor).T
+      out['visual.proj'] = to_numpy(tensor).T
       continue
     if key == 'text_projection.weight':
-      out['text_projection'] = _to_numpy(tensor).T
+      out['text_projection'] = to_numpy(tensor).T
       continue
     new = key
     for pattern, repl in _HF_RENAMES:
       new = re.sub(pattern, repl, new)
-    out[new] = _to_numpy(tensor)
+    out[new] = to_numpy(tensor)
   for (layer, kind), parts in sorted(qkv.items()):
     lost = [f'{layer}.self_attn.{p}_proj.{kind}' for p in 'qkv' if p not in parts]
     if lost:

@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from convert.syncdreamer import ConversionError
+from convert.syncdreamer import ConversionError, to_numpy
 
 # torchvision VGG16 classifier: Linear 25088->4096, ReLU, Dropout, Linear 4096->4096, ReLU, Dropout, Linear ->1000.
 TORCHVISION_UNUSED = {f'classifier.{i}.{p}': 'torchvision VGG16 classifier head (lpips uses features only)'
@@ -38,12 +38,6 @@ _SLICE = re.compile(r'^net\.slice([1-5])\.(\d+)\.(weight|bias)$')
 _LIN = re.compile(r'^(?:lin|lins\.)(\d+)\.model\.1\.weight$')   # lin{k} and its ModuleList alias lins.{k}
 
 
-def _array(v) -> np.ndarray:
-  if hasattr(v, 'detach'):
-    v = v.detach().cpu()
-    v = v.float() if v.is_floating_point() else v
-    return v.numpy()
-  return np.asarray(v)
 
 
 def _target(key: str) -> Optional[Tuple[str, ...]]:
@@ -85,7 +79,7 @@ def convert_state_dicts(*state_dicts: Mapping[str, object]) -> dict:
         continue
       if key in ('scaling_layer.shift', 'scaling_layer.scale'):
         want = lpips.SHIFT if key.endswith('shift') else lpips.SCALE
-        got = _array(value).astype(np.float32)
+        got = to_numpy(value).astype(np.float32)
         if got.shape != (1, 3, 1, 1) or not np.allclose(got.reshape(3), want, rtol=0, atol=1e-7):
           problems.append(f'  buffer differs from lpips.ScalingLayer: {key} = {got.reshape(-1).tolist()}, '
                           f'expected {want.tolist()} in shape (1, 3, 1, 1)')
@@ -100,12 +94,12 @@ def convert_state_dicts(*state_dicts: Mapping[str, object]) -> dict:
         problems.append(f'  mis-shaped key: {key}: checkpoint gives {got}, LPIPS-VGG expects {want}')
         continue
       if path in sources and _is_alias(key, sources[path]):
-        aliases.append((key, path, _array(value).astype(np.float32)))
+        aliases.append((key, path, to_numpy(value).astype(np.float32)))
         continue
       if path in sources:
         problems.append(f'  duplicate: {key} and {sources[path]} both provide {"/".join(path)}')
         continue
-      arr = _array(value).astype(np.float32)
+      arr = to_numpy(value).astype(np.float32)
       if not np.all(np.isfinite(arr)):
         problems.append(f'  non-finite values in {key}')
         continue

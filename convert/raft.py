@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from convert.syncdreamer import ConversionError, load_state_dict
+from convert.syncdreamer import ConversionError, load_state_dict, to_numpy
 
 PREFIX = 'module.'
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
@@ -54,12 +54,6 @@ def torch_layout() -> Dict[str, tuple]:
   return layout
 
 
-def _array(v) -> np.ndarray:
-  if hasattr(v, 'detach'):
-    v = v.detach().cpu()
-    v = v.float() if v.is_floating_point() else v
-    return v.numpy()
-  return np.asarray(v)
 
 
 def convert_state_dict(state_dict: Mapping[str, object]) -> dict:
@@ -87,14 +81,14 @@ def convert_state_dict(state_dict: Mapping[str, object]) -> dict:
     if m and not name.endswith('num_batches_tracked'):
       orig = f'{m.group(1)}norm3.{m.group(2)}'
       if orig in sd and tuple(sd[orig][1].shape) == tuple(sd[name][1].shape):
-        if not np.array_equal(_array(sd[name][1]), _array(sd[orig][1])):
+        if not np.array_equal(to_numpy(sd[name][1]), to_numpy(sd[orig][1])):
           problems.append(f'  aliased keys disagree (torch stores norm3 twice): {sd[name][0]} != {sd[orig][0]}')
   if problems:
     raise ConversionError(f'RAFT state dict does not match RAFT(small=False) ({len(problems)} problems):\n'
                           + '\n'.join(problems))
   flat = {}
   for path, _ in raft.param_shapes():
-    arr = _array(sd[torch_key(path)][1]).astype(np.float32)
+    arr = to_numpy(sd[torch_key(path)][1]).astype(np.float32)
     flat[path] = np.ascontiguousarray(arr.transpose(2, 3, 1, 0) if path[-1] == 'kernel' else arr)
   return traverse_util.unflatten_dict(flat)
 

@@ -88,6 +88,15 @@ def load_state_dict(path: str, *, what: str = 'checkpoint') -> Dict[str, 'object
   return obj
 
 
+def to_numpy(v) -> np.ndarray:
+  """A torch tensor (floating types as float32) or array-like -> numpy array."""
+  if hasattr(v, 'detach'):
+    v = v.detach().cpu()
+    v = v.float() if v.is_floating_point() else v
+    return v.numpy()
+  return np.asarray(v)
+
+
 def sha256(path: str, chunk: int = 1 << 24) -> str:
   h = hashlib.sha256()
   with open(path, 'rb') as f:

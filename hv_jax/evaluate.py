@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -178,12 +179,17 @@ def to_unit(img_u8: np.ndarray) -> np.ndarray:
   return x
 
 
-def _image_fn(obj, gt, pred, crop_border: bool):
+@functools.lru_cache(maxsize=None)
+def _psnr_ssim(crop_border: bool):
+  """One jitted PSNR + SSIM per border mode (built once: a fresh lambda per object would recompile)."""
   import jax
   from hv_jax.metrics import image
-  f = jax.jit(lambda g, p: (image.psnr(p, g), image.ssim(p, g, crop_border=crop_border)))
+  return jax.jit(lambda g, p: (image.psnr(p, g), image.ssim(p, g, crop_border=crop_border)))
+
+
+def _image_fn(obj, gt, pred, crop_border: bool):
   p = to_unit(pred)
-  ps, ss = f(np.broadcast_to(to_unit(gt), p.shape), p)
+  ps, ss = _psnr_ssim(crop_border)(np.broadcast_to(to_unit(gt), p.shape), p)
   return {'psnr': np.asarray(ps), 'ssim': np.asarray(ss)}
 
 
