@@ -97,32 +97,37 @@ class Backend:
 
 
 def _clip_backend(args) -> Backend:
-  import jax
   from hv_jax.metrics import cd_score
-  from hv_jax.models import clip
   if args.random_weights:
     from hv_jax.models.config import CLIPModelConfig
-    config = CLIPModelConfig()
-    params = jax.jit(clip.init_params, static_argnums=0)(config)
+    return random_clip_backend(CLIPModelConfig())
+  if not args.clip:
+    return Backend(reason='no CLIP weights: pass --clip (a Hugging Face openai/clip-vit-large-patch14 folder, '
+                          'or OpenAI ViT-L-14.pt with --clip_tokenizer)')
+  from convert import clip as convert_clip
+  params, config, _ = convert_clip.load(args.clip)
+  tok_dir = args.clip_tokenizer or (args.clip if os.path.isdir(args.clip) else None)
+  if tok_dir is None:
+    return Backend(reason='no CLIP tokenizer: pass --clip_tokenizer (a folder with vocab.json and merges.txt)')
+  tokenizer = cd_score.load_tokenizer(tok_dir)
+  ids_of = lambda prompt: cd_score.tokenize(prompt, tokenizer, config.text.context_length)
+  return cd_backend(params, config, ids_of)
 
-    def ids_of(prompt):   # no tokenizer files: bytes of the prompt between start/end tokens, zero padded
-      ids = np.zeros((1, config.text.context_length), np.int32)
-      body = [256 + b for b in prompt.encode()][:config.text.context_length - 2]
-      ids[0, :len(body) + 2] = [config.text.vocab_size - 2, *body, config.text.vocab_size - 1]
-      return ids
-  else:
-    if not args.clip:
-      return Backend(reason='no CLIP weights: pass --clip (a Hugging Face openai/clip-vit-large-patch14 folder, '
-                            'or OpenAI ViT-L-14.pt with --clip_tokenizer)')
-    from convert import clip as convert_clip
-    params, config, _ = convert_clip.load(args.clip)
-    tok_dir = args.clip_tokenizer or (args.clip if os.path.isdir(args.clip) else None)
-    if tok_dir is None:
-      return Backend(reason='no CLIP tokenizer: pass --clip_tokenizer (a folder with vocab.json and merges.txt)')
-    tokenizer = cd_score.load_tokenizer(tok_dir)
-    ids_of = lambda prompt: cd_score.tokenize(prompt, tokenizer, config.text.context_length)
 
-  return cd_backend(params, config, ids_of, random=args.random_weights)
+def random_clip_backend(config, seed: int = 0) -> Backend:
+  """The CD score with a randomly initialised CLIP of `config` (benchmarks, demos: the numbers mean nothing).
+  No tokenizer files: the prompt's bytes between start/end tokens, zero padded."""
+  import jax
+  from hv_jax.models import clip
+  params = jax.jit(clip.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
+
+  def ids_of(prompt):
+    n = config.text.context_length
+    ids = np.zeros((1, n), np.int32)
+    body = [256 + b for b in prompt.encode()][:n - 2]
+    ids[0, :len(body) + 2] = [config.text.vocab_size - 2, *body, config.text.vocab_size - 1]
+    return ids
+  return cd_backend(params, config, ids_of, random=True)
 
 
 def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool = False) -> Backend:
@@ -135,7 +140,7 @@ def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool
   return Backend(fn, random=random)
 
 
-def _lpips_backend(args) -> Backend:
+def lpips_backend(args) -> Backend:
   import jax
   from convert import lpips as convert_lpips
   from hv_jax.metrics import lpips
@@ -157,7 +162,7 @@ def _lpips_backend(args) -> Backend:
   return Backend(fn, random=args.random_weights)
 
 
-def _raft_backend(args) -> Backend:
+def raft_backend(args) -> Backend:
   from convert import raft as convert_raft
   from hv_jax.metrics import flow
   if args.random_weights:
@@ -166,7 +171,9 @@ def _raft_backend(args) -> Backend:
     if not args.raft:
       return Backend(reason='no RAFT weights: pass --raft raft-things.pth (princeton-vl/RAFT models.zip)')
     params = convert_raft.load(args.raft)
-  return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=args.flow_batch)},
+  cache = {} if getattr(args, 'cache_gt_flows', False) else None   # studies: one set at a time, same GT
+  return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=args.flow_batch,
+                                                              gt_cache=cache)},
                  random=args.random_weights)
 
 
@@ -187,7 +194,7 @@ def _psnr_ssim(crop_border: bool):
   return jax.jit(lambda g, p: (image.psnr(p, g), image.ssim(p, g, crop_border=crop_border)))
 
 
-def _image_fn(obj, gt, pred, crop_border: bool):
+def image_fn(obj, gt, pred, crop_border: bool):
   p = to_unit(pred)
   ps, ss = _psnr_ssim(crop_border)(np.broadcast_to(to_unit(gt), p.shape), p)
   return {'psnr': np.asarray(ps), 'ssim': np.asarray(ss)}
@@ -209,7 +216,7 @@ def _geometry_fn(meshes: str):
 
 def backends(args) -> Dict[str, Backend]:
   out = {}
-  for name, make in (('cd_score', _clip_backend), ('lpips', _lpips_backend), ('e_flow', _raft_backend)):
+  for name, make in (('cd_score', _clip_backend), ('lpips', lpips_backend), ('e_flow', raft_backend)):
     try:
       out[name] = make(args)
     except Exception as e:  # noqa: BLE001  (a bad weight file disables one metric, not the run)
@@ -238,7 +245,7 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend]) -> dict
       record['per_instance'][k] = v.tolist()
 
   t = time.perf_counter()
-  put(_image_fn(obj, gt, pred, args.ssim_border == 'crop'))
+  put(image_fn(obj, gt, pred, args.ssim_border == 'crop'))
   record['seconds']['psnr_ssim'] = time.perf_counter() - t
   for name, b in metric_backends.items():
     if b.fn is None:

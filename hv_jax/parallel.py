@@ -18,10 +18,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 T = TypeVar('T')
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """Multi-host setup (coordinator, process count and id come from the environment / TPU metadata)."""
-  if enabled and jax.process_count() == 1:
-    jax.distributed.initialize()
+def initialize_distributed(enabled: bool, coordinator_address: str = '', num_processes: int = 0,
+                           process_id: int = -1) -> None:
+  """Multi-host setup. Without arguments the coordinator, process count and id come from the environment
+  (TPU metadata, SLURM, ...); give them explicitly for e.g. several CPU processes on one machine."""
+  if not enabled or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if coordinator_address:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=int(num_processes),
+                  process_id=int(process_id))
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -60,3 +67,10 @@ def pad_batch(arrays, multiple: int) -> Tuple[list, int]:
       a = np.concatenate([a, np.repeat(a[-1:], target - n, axis=0)], 0)
     out.append(a)
   return out, n
+
+
+def shard_batch(arrays, mesh: Mesh) -> list:
+  """Host arrays -> jax.Arrays split along 'data' over this process's devices (explicitly: with several
+  processes, jit refuses numpy inputs for a sharded argument)."""
+  sharding = data_sharding(mesh)
+  return [jax.device_put(np.asarray(a), sharding) for a in arrays]

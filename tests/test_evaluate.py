@@ -123,7 +123,7 @@ def test_every_metric_wired(tmp_path):
   params, config, _ = convert_clip.load(str(P.PARITY_DIR / 'cd_clip_tiny'))
   ids = P.fixtures()['cd_text_ids']
   backends = {'cd_score': evaluate.cd_backend(params, config, lambda prompt: ids),
-              'lpips': evaluate._lpips_backend(args), 'e_flow': evaluate._raft_backend(args)}
+              'lpips': evaluate.lpips_backend(args), 'e_flow': evaluate.raft_backend(args)}
   rec = evaluate.evaluate_object('cream', args, backends)
   m = rec['per_instance']
   assert m['psnr'][0] == float('inf') and abs(m['ssim'][0] - 1) < 1e-5   # variances clamped at 0: ~3e-6 off

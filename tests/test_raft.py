@@ -196,6 +196,12 @@ def test_e_flow_matches_the_reference_loop(params):
   got = F.e_flow(params, gt, gen, iters=iters)
   np.testing.assert_allclose(got, want, rtol=1e-5)   # measured 5e-7
   assert min(want) > 0.01
+  # one set at a time with the GT flows kept between calls (diversity studies): the same values, and the
+  # GT goes through RAFT once
+  cache = {}
+  one_by_one = [F.e_flow(params, gt, g[None], iters=iters, gt_cache=cache)[0] for g in gen]
+  np.testing.assert_allclose(one_by_one, want, rtol=1e-5)
+  assert len(cache) == 1
 
 
 def test_e_flow_rejects_bad_shapes(params):

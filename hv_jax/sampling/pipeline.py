@@ -235,12 +235,11 @@ def run(config) -> Dict[str, dict]:
   mesh = parallel.make_mesh()
   ndev = mesh.devices.size
   batch = max(1, int(config.per_device_batch)) * ndev
-  data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
-  params = jax.device_put(params, rep)
+  params = jax.device_put(params, parallel.replicated(mesh))
   logging.info('%d devices (%s), %d processes; %d instances to sample, %d per call', ndev,
                jax.devices()[0].platform, jax.process_count(), len(units), batch)
 
-  fn = compiled_sampler(model_config, sconf, tuple(mesh.devices.flat))
+  fn = compiled_sampler(model_config, sconf, tuple(mesh.devices.flat), bool(config.progress))
   timings = {'compile_and_first_batch_s': None, 'batches_s': []}
   from tqdm import tqdm
   bar = tqdm(total=len(units), desc='instances', unit='inst', disable=not config.progress, file=sys.stderr)
@@ -252,6 +251,7 @@ def run(config) -> Dict[str, dict]:
     arrays = [np.stack([j.image for j, _ in chunk]), np.asarray([j.elevation for j, _ in chunk], np.float32),
               np.asarray(keys), np.tile(np.asarray(scales, np.float32)[None], (len(chunk), 1))]
     arrays, n_real = parallel.pad_batch(arrays, batch)   # always one shape: no recompile on the last batch
+    arrays = parallel.shard_batch(arrays, mesh)
     t0 = time.time()
     views = fn(params, *arrays, jnp.float32(config.eta))
     views = np.asarray(jax.device_get(views))[:n_real]
@@ -273,16 +273,20 @@ _STEPS = {'bar': None}
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_sampler(model_config: ModelConfig, sconf: SamplerConfig, devices: Tuple[jax.Device, ...]):
+def compiled_sampler(model_config: ModelConfig, sconf: SamplerConfig, devices: Tuple[jax.Device, ...],
+                     progress: bool = True):
   """One jitted sampler per (model config, sampler config, devices): reruns in a process reuse it.
 
   Only shapes and SamplerConfig are static; images, elevations, keys, scales and eta are traced, so new
-  inputs, seeds and scales never recompile. Batch arrays are sharded over the 'data' axis.
+  inputs, seeds and scales never recompile. Batch arrays are sharded over the 'data' axis. progress=True
+  moves the DDIM-step bar through a host callback; without it the executable has no callback and can be
+  kept in JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR), which skips callback programs.
   """
   mesh = parallel.make_mesh(devices)
   data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
   sampler = Sampler(model_config, sconf)
-  return jax.jit(lambda p, img, el, keys, sc, eta: sampler.sample(p, img, el, keys, sc, eta, progress=_step_progress),
+  callback = _step_progress if progress else None
+  return jax.jit(lambda p, img, el, keys, sc, eta: sampler.sample(p, img, el, keys, sc, eta, progress=callback),
                  in_shardings=(rep, data, data, data, data, None), out_shardings=data)
 
 

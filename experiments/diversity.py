@@ -1,0 +1,421 @@
+"""A diversity study: guidance settings x inputs x seeds -> strips and per-unit metrics, resumable, multi-host.
+
+  python -m experiments.diversity --config=experiments/configs/scale_sweep.py --config.data.path=PATH/gso-eval \
+      --config.checkpoint=checkpoints/syncdreamer
+  python -m experiments.diversity --config=experiments/configs/demo_sweep.py      # tiny random model, CPU
+  python -m experiments.report RESULTS_DIR                                        # tables, plots, HTML
+
+Work units are (input, instance, setting). A setting is a guidance mode with its scales: HarmonyView's
+(s1, s2) grid (Eq. 9), CFG scales (Eq. 5), optionally no guidance.
+
+Common random numbers: an instance's key is fold_in(fold_in(PRNGKey(seed), input_id), instance) (the
+sampler's rule) whatever the setting, so every setting of (input, instance) starts from the same x_T, uses
+the same posterior draw of the input latent and the same DDIM step noise: differences between settings
+are the settings', not seed noise. Scales are data (traced, per row of a batch), so units of different
+settings share batches and ONE compiled sampler per guidance mode serves the whole sweep.
+
+Distribution: the full unit list (input-major, then instance, then setting) is the same on every process;
+process p of P owns units p, p+P, ... (`parallel.process_share`) and batches them over its local devices
+(`parallel.data_sharding`); instances never communicate. Results go to `experiments.store` (one SQLite
+shard per process plus atomic strip files): a restart, with any process count, skips every finished unit,
+and finishes the metrics of a unit whose strip was written just before a kill without re-sampling it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from hv_jax import atomic, parallel
+from hv_jax.data import preprocess
+from hv_jax.sampling import pipeline
+from hv_jax.sampling.pipeline import UserError
+from hv_jax.sampling.sampler import instance_keys
+
+from experiments import store as store_lib
+
+MODE_ORDER = ('none', 'cfg', 'harmonyview')
+METRIC_GROUPS = ('cd_score', 'psnr_ssim', 'lpips', 'e_flow')
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  mode: str
+  scales: Tuple[float, ...]
+
+  @property
+  def name(self) -> str:
+    return store_lib.setting_name(self.mode, self.scales)
+
+  def columns(self) -> dict:
+    hv, cfg = self.mode == 'harmonyview', self.mode == 'cfg'
+    return {'mode': self.mode, 's1': self.scales[0] if hv else math.nan, 's2': self.scales[1] if hv else math.nan,
+            'cfg': self.scales[0] if cfg else math.nan}
+
+
+@dataclasses.dataclass(eq=False)
+class Input:
+  name: str
+  input_id: int
+  image: np.ndarray              # prepared: [S, S, 3] in [-1, 1] at the model's size
+  elevation: float               # radians
+  raw: np.ndarray                # the input view as given (RGBA uint8), for the report
+  gt: Optional[np.ndarray]       # [16, s, s, 4] uint8 at the metric size, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  input: Input
+  instance: int
+  setting: Setting
+
+  @property
+  def key(self):
+    return (self.input.name, self.instance, self.setting.name)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def settings_of(sweep) -> List[Setting]:
+  """The grid: every (s1, s2) pair of HarmonyView, every CFG scale, and 'none' if asked."""
+  out = [Setting('none', (0.0,))] if sweep.none else []
+  out += [Setting('cfg', (float(s),)) for s in sweep.cfg]
+  out += [Setting('harmonyview', (float(a), float(b))) for a, b in itertools.product(sweep.s1, sweep.s2)]
+  if not out:
+    raise UserError('the sweep is empty: give sweep.s1 and sweep.s2, and/or sweep.cfg (or sweep.none=True)')
+  names = [s.name for s in out]
+  if len(set(names)) != len(names):
+    raise UserError(f'the sweep repeats a setting: {sorted(n for n in names if names.count(n) > 1)}')
+  return out
+
+
+def work_units(inputs: Sequence[Input], instances: int, settings: Sequence[Setting]) -> List[Unit]:
+  """The global unit list: the same order on every process (input, then instance, then setting)."""
+  return [Unit(i, k, s) for i in inputs for k in range(instances) for s in settings]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_records(config) -> List[dict]:
+  """Input records (experiments.data's format): the GSO eval set through its TFDS builder, or a folder of
+  the user's images."""
+  from experiments import data
+  d = config.data
+  try:
+    if d.source == 'gso':
+      records = data.gso_eval.load_gso(d.path, data_dir=d.tfds_dir or None)
+    elif d.source == 'images':
+      records = data.images.load_folder(d.path, elevation_deg=float(config.elevation))
+    else:
+      raise UserError(f"unknown data.source {d.source!r}: use 'gso' (GSO eval folder via TFDS) or 'images'")
+  except (preprocess.InputError, FileNotFoundError, ValueError) as e:
+    raise UserError(str(e).splitlines()[0]) from e
+  records = sorted(records, key=lambda r: r['name'])
+  if d.max_inputs:
+    records = records[:int(d.max_inputs)]
+  if not records:
+    raise UserError(f'no inputs found in {d.path}')
+  return records
+
+
+def resize_views(views_u8: np.ndarray, size: int) -> np.ndarray:
+  """[V, H, W, C] uint8 -> [V, size, size, C] (PIL bicubic; identity when already that size)."""
+  if views_u8.shape[1] == size:
+    return views_u8
+  return np.stack([np.asarray(Image.fromarray(v).resize((size, size), Image.BICUBIC)) for v in views_u8])
+
+
+def gt_at(gt_rgba: np.ndarray, size: int) -> np.ndarray:
+  """GT views at the metric size: composited on white first when resized (then alpha 255), as-is otherwise."""
+  if gt_rgba.shape[1] == size:
+    return gt_rgba
+  from hv_jax.metrics.flow import composite_rgba
+  rgb = np.round(composite_rgba(gt_rgba)).clip(0, 255).astype(np.uint8)
+  rgb = resize_views(rgb, size)
+  return np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], -1)
+
+
+def prepare_inputs(records, config, image_size: int, metric_size: int) -> List[Input]:
+  out = []
+  for i, r in enumerate(records):
+    try:
+      elevation = preprocess.check_elevation(float(r.get('elevation', config.elevation)))
+      image = preprocess.prepare_image(Image.fromarray(np.asarray(r['input_view']), 'RGBA'), int(config.crop_size), 256)
+    except preprocess.InputError as e:
+      raise UserError(f"input {r['name']}: {e}") from e
+    job = pipeline.Job(r['name'], image, elevation, i)
+    pipeline.resize_inputs([job], image_size)
+    gt = r.get('gt_views')
+    out.append(Input(r['name'], i, job.image, elevation, np.asarray(r['input_view']),
+                     None if gt is None else gt_at(np.asarray(gt), metric_size)))
+  return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+class Metrics:
+  """Per-unit metrics; each metric group is computed or unavailable with a reason (kept in study.json)."""
+
+  def __init__(self, config, metric_size: int):
+    from hv_jax import evaluate
+    m = config.metrics
+    wanted = [g.strip() for g in str(m.names).split(',') if g.strip()]
+    bad = sorted(set(wanted) - set(METRIC_GROUPS))
+    if bad:
+      raise UserError(f'unknown metrics {bad}: choose from {list(METRIC_GROUPS)}')
+    self.size = metric_size
+    self.crop_border = m.ssim_border == 'crop'
+    self.groups: Dict[str, object] = {}
+    self.unavailable: Dict[str, str] = {}
+    args = argparse.Namespace(random_weights=bool(m.random_weights), clip=m.clip, clip_tokenizer=m.clip_tokenizer,
+                              lpips_vgg=m.lpips_vgg, lpips_lin=m.lpips_lin, raft=m.raft, flow_batch=None,
+                              cache_gt_flows=True)
+    for g in wanted:
+      if g == 'psnr_ssim':
+        self.groups[g] = None
+        continue
+      if g == 'e_flow' and metric_size < 128:
+        self.unavailable[g] = (f'views are {metric_size} px and RAFT needs >= 128 (the original gives NaN below): '
+                               'set metrics.size=128 or more')
+        continue
+      try:
+        if g == 'cd_score' and m.random_weights:
+          # seed 1: with seed 0 the small tower's text feature has a negative cosine with every view, so
+          # 100 * max(cos, 0) is 0 for all views and S_var = 0 (a CD score of D / 0)
+          b = (evaluate.random_clip_backend(_small_clip(), seed=1) if m.small_random_clip
+               else evaluate.random_clip_backend(_full_clip()))
+        else:
+          b = {'cd_score': evaluate._clip_backend, 'lpips': evaluate.lpips_backend,
+               'e_flow': evaluate.raft_backend}[g](args)
+      except Exception as e:  # noqa: BLE001  (bad weights disable one metric, not the study)
+        b = evaluate.Backend(reason=f'weights could not be loaded: {str(e).splitlines()[0]}')
+      if b.fn is None:
+        self.unavailable[g] = b.reason
+      else:
+        self.groups[g] = b
+
+  def __call__(self, unit: Unit, views_u8: np.ndarray) -> Dict[str, float]:
+    """views_u8 [16, S, S, 3] at the model's size -> {metric column: value} (NaN = unavailable)."""
+    from hv_jax import evaluate
+    pred = resize_views(views_u8, self.size)[None]
+    gt = unit.input.gt
+    out = {k: math.nan for k in store_lib.METRICS}
+    name = unit.input.name
+    if 'cd_score' in self.groups:
+      r = self.groups['cd_score'].fn(name, gt, pred)
+      out['cd_D'], out['cd_S_var'] = float(r['cd_D'][0]), float(r['cd_S_var'][0])
+    if gt is None:
+      return out
+    if 'psnr_ssim' in self.groups:
+      r = evaluate.image_fn(name, gt, pred, self.crop_border)
+      out['psnr'], out['ssim'] = float(np.mean(r['psnr'])), float(np.mean(r['ssim']))
+    if 'lpips' in self.groups:
+      out['lpips'] = float(np.mean(self.groups['lpips'].fn(name, gt, pred)['lpips']))
+    if 'e_flow' in self.groups:
+      out['e_flow'] = float(self.groups['e_flow'].fn(name, gt, pred)['e_flow'][0])
+    return out
+
+
+def _small_clip():
+  """A small random CLIP for demos (CPU-cheap); the full ViT-L/14 shape otherwise."""
+  from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
+  return CLIPModelConfig(vision=CLIPConfig(embed_dim=128, vision_layers=2, vision_width=128, vision_patch_size=32),
+                         text=CLIPTextConfig(width=128, layers=2))
+
+
+def _full_clip():
+  from hv_jax.models.config import CLIPModelConfig
+  return CLIPModelConfig()
+
+
+# ----------------------------------------------------------------------------- the study folder
+
+def identity_of(config, ckpt: str, model_config) -> dict:
+  """What a finished unit's numbers depend on besides its own (input, instance, setting)."""
+  m = config.metrics
+  identity = {'checkpoint': ckpt, 'model_config': model_config.to_dict(), 'seed': int(config.seed),
+              'sample_steps': int(config.sample_steps), 'eta': float(config.eta), 'latent': str(config.latent),
+              'dtype': str(config.dtype), 'uc2_concat_scale': float(config.uc2_concat_scale),
+              'crop_size': int(config.crop_size), 'elevation_default': float(config.elevation),
+              'metric_size': int(m.size), 'ssim_border': str(m.ssim_border),
+              'random_metric_weights': bool(m.random_weights), 'small_random_clip': bool(m.small_random_clip),
+              'metric_weights': {k: str(m[k]) for k in ('clip', 'lpips_vgg', 'lpips_lin', 'raft')}}
+  return json.loads(json.dumps(identity))   # as study.json stores it (tuples become lists)
+
+
+def check_study(out: pathlib.Path, identity: dict) -> None:
+  """A restart must sample what the first run sampled: the same model, seed, steps, ... (the grid, the
+  instance count and the inputs may grow: new units are simply added)."""
+  path = out / 'study.json'
+  if not path.is_file():
+    return
+  try:
+    old = json.loads(path.read_text())['identity']
+  except (OSError, ValueError, KeyError) as e:
+    raise UserError(f'{path} is unreadable ({e}): not a study folder? use a new output_dir') from e
+  diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+  if diff:
+    show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
+    k = diff[0]
+    raise UserError(f'{out} holds a study with different settings ({", ".join(diff)}; e.g. {k}: '
+                    f'{show(old.get(k))} there, {show(identity.get(k))} now): use a new output_dir or the old '
+                    'settings')
+
+
+def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Input], settings, metrics: Metrics,
+                random_model: bool) -> None:
+  """study.json and the input views (process 0 writes them; every process computes the same content)."""
+  if jax.process_index() != 0:
+    return
+  entries = {}
+  for inp in inputs:
+    rel = f'inputs/{inp.name}.png'
+    if not (out / rel).is_file():
+      atomic.write_png(out / rel, inp.raw)
+    if inp.gt is not None and not (out / f'inputs/{inp.name}_gt.png').is_file():
+      atomic.write_png(out / f'inputs/{inp.name}_gt.png', np.concatenate(list(inp.gt), 1))
+    entries[inp.name] = {'input_image': rel, 'input_id': inp.input_id,
+                         'gt_strip': f'inputs/{inp.name}_gt.png' if inp.gt is not None else None}
+  doc = {'identity': identity, 'random_weights': random_model or bool(config.metrics.random_weights),
+         'random_model': random_model, 'inputs': entries, 'settings': [s.name for s in settings],
+         'instances': int(config.sample_num), 'metrics_unavailable': metrics.unavailable,
+         'unit_key': 'fold_in(fold_in(PRNGKey(seed), input_id), instance): the same noise for every setting',
+         'config': json.loads(config.to_json_best_effort())}
+  atomic.write_json(out / 'study.json', doc)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run(config) -> dict:
+  """Runs (or resumes) the study; returns counts {'units', 'done_before', 'sampled', 'metrics_only'}."""
+  parallel.initialize_distributed(bool(config.distributed), str(config.coordinator_address),
+                                  int(config.num_processes), int(config.process_id))
+  if int(config.sample_num) < 1:
+    raise UserError(f'sample_num must be >= 1, got {config.sample_num}')
+  settings = settings_of(config.sweep)
+  out = pipeline.check_writable(config.output_dir)
+  params, model_config, ckpt = pipeline.load_weights(config)
+  size = model_config.image_size
+  metric_size = int(config.metrics.size) or size
+  identity = identity_of(config, ckpt, model_config)
+  check_study(out, identity)
+  inputs = prepare_inputs(load_records(config), config, size, metric_size)
+  metrics = Metrics(config, metric_size)
+  write_study(out, config, identity, inputs, settings, metrics, ckpt.startswith('random'))
+
+  store = store_lib.Store(out, jax.process_index())
+  units = work_units(inputs, int(config.sample_num), settings)
+  mine = parallel.process_share(units)
+  done = store.done()
+  todo = [u for u in mine if u.key not in done]
+  logging.info('study %s: %d units (%d inputs x %d instances x %d settings); process %d/%d owns %d, %d to do',
+               out, len(units), len(inputs), config.sample_num, len(settings), jax.process_index(),
+               jax.process_count(), len(mine), len(todo))
+  counts = {'units': len(units), 'done_before': len(mine) - len(todo), 'sampled': 0, 'metrics_only': 0}
+
+  def finish(unit: Unit, views_u8: np.ndarray, seconds: float) -> dict:
+    t0 = time.perf_counter()
+    vals = metrics(unit, views_u8)
+    return {'input': unit.input.name, 'instance': unit.instance, 'setting': unit.setting.name,
+            'input_id': unit.input.input_id, 'seed': int(config.seed),
+            'strip': store_lib.strip_relpath(unit.input.name, unit.setting.name, unit.instance),
+            **unit.setting.columns(), **vals, 'seconds': seconds + time.perf_counter() - t0,
+            'process': jax.process_index(), 'finished': time.time()}
+
+  from tqdm import tqdm
+  bar = tqdm(total=len(todo), desc='units', unit='unit', disable=not config.progress, file=sys.stderr)
+  # Killed after the strip was written but before its row: metrics only, no re-sampling.
+  orphans = [u for u in todo if store.strip_path(u.input.name, u.setting.name, u.instance).is_file()]
+  for u in orphans:
+    views = _read_strip(store.strip_path(u.input.name, u.setting.name, u.instance), size)
+    store.put([finish(u, views, 0.0)])
+    counts['metrics_only'] += 1
+    bar.update(1)
+  orphan_keys = {u.key for u in orphans}
+  todo = [u for u in todo if u.key not in orphan_keys]
+
+  mesh = parallel.make_mesh()
+  batch = max(1, int(config.per_device_batch)) * mesh.devices.size
+  params = jax.device_put(params, parallel.replicated(mesh))
+  for mode in MODE_ORDER:
+    group = [u for u in todo if u.setting.mode == mode]
+    if not group:
+      continue
+    config_m = config.copy_and_resolve_references()
+    with config_m.unlocked():
+      config_m.guidance = mode
+    fn = pipeline.compiled_sampler(model_config, pipeline.sampler_config(config_m), tuple(mesh.devices.flat),
+                                  False)   # per-unit progress here; no host callback: cacheable
+    for start in range(0, len(group), batch):
+      chunk = group[start:start + batch]
+      keys = instance_keys(int(config.seed), [u.input.input_id for u in chunk], [u.instance for u in chunk])
+      arrays = [np.stack([u.input.image for u in chunk]), np.float32([u.input.elevation for u in chunk]),
+                np.asarray(keys), np.float32([u.setting.scales for u in chunk])]
+      arrays, n_real = parallel.pad_batch(arrays, batch)
+      arrays = parallel.shard_batch(arrays, mesh)
+      t0 = time.perf_counter()
+      views = pipeline.to_uint8(np.asarray(jax.device_get(fn(params, *arrays, jnp.float32(config.eta))))[:n_real])
+      per_unit = (time.perf_counter() - t0) / n_real
+      rows = []
+      for u, v in zip(chunk, views):
+        store.write_strip(u.input.name, u.setting.name, u.instance, pipeline.strip(v))   # before its row
+        rows.append(finish(u, v, per_unit))
+      store.put(rows)   # one transaction per batch
+      counts['sampled'] += len(rows)
+      bar.update(len(rows))
+  bar.close()
+  store.close()
+  return counts
+
+
+def _read_strip(path: pathlib.Path, size: int) -> np.ndarray:
+  from hv_jax.metrics.flow import split_strip
+  img = np.asarray(Image.open(path).convert('RGB'))
+  if img.shape != (size, 16 * size, 3):
+    raise UserError(f'{path}: strip is {img.shape[1]}x{img.shape[0]}, expected {16 * size}x{size}; '
+                    'delete it to re-sample that unit')
+  return split_strip(img)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None) -> int:
+  from absl import app, flags
+  from ml_collections import config_flags
+  cfg_flag = config_flags.DEFINE_config_file('config', None, 'Study config (experiments/configs/*.py).',
+                                             lock_config=True)
+
+  def _main(_argv):
+    config = cfg_flag.value
+    if config is None:
+      print('error: pass --config=experiments/configs/scale_sweep.py (or demo_sweep.py)', file=sys.stderr)
+      return 2
+    try:
+      counts = run(config)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    print(f"done: {counts['sampled']} units sampled, {counts['metrics_only']} finished from saved strips, "
+          f"{counts['done_before']} already done (of {counts['units']}) in {config.output_dir}; "
+          f'report: python -m experiments.report {config.output_dir}')
+    return 0
+
+  logging.set_verbosity(logging.INFO)
+  app.run(lambda a: sys.exit(_main(a)), argv=argv)
+  return 0
+
+
+if __name__ == '__main__':
+  main()
