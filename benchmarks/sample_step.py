@@ -9,6 +9,7 @@ measured in the same run, XLA's temp-buffer size and the process's peak RSS.
   PYTHONPATH=. python benchmarks/sample_step.py                          # fused vs separate, float32
   PYTHONPATH=. python benchmarks/sample_step.py --variants fused,bf16,chunk16,remat
   PYTHONPATH=. python benchmarks/sample_step.py --tiny                  # quick smoke run (tiny model)
+  PYTHONPATH=. python benchmarks/sample_step.py --variants chunk4,separate --repeats 3 --interleave
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--variants', default='fused,separate', help=f'comma list of {sorted(VARIANTS)}')
   p.add_argument('--repeats', type=int, default=2)
+  p.add_argument('--interleave', action='store_true',
+                 help='compile every variant first, then time them round-robin (robust ratios on a shared machine)')
   p.add_argument('--tiny', action='store_true', help='the demo model instead of the full size (smoke run)')
   args = p.parse_args()
   if args.tiny:
@@ -95,7 +98,9 @@ def main():
   executed = jaxpr_flops(jax.make_jaxpr(step_fn(base, True))(params, x, cond, scales).jaxpr)
   peaks = [matmul_peak(2048, 5)]
   rows = []
-  for name in args.variants.split(','):
+  names = args.variants.split(',')
+  compiled_all = {}
+  for name in names:
     over, fused = VARIANTS[name]
     sampler = Sampler(cfg, SamplerConfig(steps=50, **over))
     t0 = time.time()
@@ -106,11 +111,30 @@ def main():
     except Exception:  # noqa: BLE001
       temp = float('nan')
     jax.block_until_ready(compiled(params, x, cond, scales))
+    if args.interleave:   # timed below, round-robin
+      compiled_all[name] = (compiled, t_compile, temp)
+      print(f'{name}: compile {t_compile:.0f} s, XLA temp {temp:.2f} GiB', flush=True)
+      continue
     times = timed(lambda: compiled(params, x, cond, scales), args.repeats)
     peaks.append(matmul_peak(2048, 5))
     rows.append((name, t_compile, min(times), temp, rss_gib()))
     print(f'{name}: compile {t_compile:.0f} s, times {", ".join("%.2f" % t for t in times)} s, XLA temp {temp:.2f} GiB, '
           f'RSS so far {rss_gib():.2f} GiB', flush=True)
+  if args.interleave:
+    # Round-robin: variant A, B, A, B, ... so that slow phases of a shared machine hit every variant alike;
+    # the per-round ratio to the first variant is the robust figure.
+    times = {n: [] for n in names}
+    for r in range(args.repeats):
+      for n in names:
+        times[n] += timed(lambda: compiled_all[n][0](params, x, cond, scales), 1)
+      peaks.append(matmul_peak(2048, 5))
+      print(f'round {r}: ' + ', '.join(f'{n} {times[n][-1]:.2f} s ({times[n][-1] / times[names[0]][-1]:.3f})'
+                                      for n in names), flush=True)
+    for n in names:
+      rows.append((n, compiled_all[n][1], min(times[n]), compiled_all[n][2], rss_gib()))
+      ratios = [a / b for a, b in zip(times[n], times[names[0]])]
+      print(f'{n}: best {min(times[n]):.2f} s, median {sorted(times[n])[len(times[n]) // 2]:.2f} s, per-round ratio '
+            f'to {names[0]}: {", ".join("%.3f" % q for q in ratios)}', flush=True)
   peak = max(peaks)
   print(f'\nmodel FLOPs per step (volumes + 48 UNet rows + update): {flops / 1e12:.3f} T (executed by the fast '
         f'lowering: {executed / 1e12:.3f} T); float32 matmul peak '

@@ -9,7 +9,8 @@ Work units are (input, instance, setting). A setting is a guidance mode with its
 (s1, s2) grid (Eq. 9), CFG scales (Eq. 5), optionally no guidance.
 
 Common random numbers: an instance's key is fold_in(fold_in(PRNGKey(seed), input_id), instance) (the
-sampler's rule) whatever the setting, so every setting of (input, instance) starts from the same x_T, uses
+sampler's rule; input_id = CRC-32 of the input's name, so adding inputs changes no existing unit) whatever
+the setting, so every setting of (input, instance) starts from the same x_T, uses
 the same posterior draw of the input latent and the same DDIM step noise: differences between settings
 are the settings', not seed noise. Scales are data (traced, per row of a batch), so units of different
 settings share batches and ONE compiled sampler per guidance mode serves the whole sweep.
@@ -31,6 +32,7 @@ import os
 import pathlib
 import sys
 import time
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -147,18 +149,24 @@ def gt_at(gt_rgba: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], -1)
 
 
+def input_id_of(name: str) -> int:
+  """A stable id from the input's name (CRC-32): an input keeps its noise when inputs are added to a study
+  (an index in the input list would shift). Only a PRNG fold-in: a collision merely shares noise."""
+  return zlib.crc32(name.encode('utf-8'))
+
+
 def prepare_inputs(records, config, image_size: int, metric_size: int) -> List[Input]:
   out = []
-  for i, r in enumerate(records):
+  for r in records:
     try:
       elevation = preprocess.check_elevation(float(r.get('elevation', config.elevation)))
       image = preprocess.prepare_image(Image.fromarray(np.asarray(r['input_view']), 'RGBA'), int(config.crop_size), 256)
     except preprocess.InputError as e:
       raise UserError(f"input {r['name']}: {e}") from e
-    job = pipeline.Job(r['name'], image, elevation, i)
+    job = pipeline.Job(r['name'], image, elevation, input_id_of(r['name']))
     pipeline.resize_inputs([job], image_size)
     gt = r.get('gt_views')
-    out.append(Input(r['name'], i, job.image, elevation, np.asarray(r['input_view']),
+    out.append(Input(r['name'], job.input_id, job.image, elevation, np.asarray(r['input_view']),
                      None if gt is None else gt_at(np.asarray(gt), metric_size)))
   return out
 
@@ -291,7 +299,8 @@ def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Inpu
   doc = {'identity': identity, 'random_weights': random_model or bool(config.metrics.random_weights),
          'random_model': random_model, 'inputs': entries, 'settings': [s.name for s in settings],
          'instances': int(config.sample_num), 'metrics_unavailable': metrics.unavailable,
-         'unit_key': 'fold_in(fold_in(PRNGKey(seed), input_id), instance): the same noise for every setting',
+         'unit_key': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(name)), instance): the same noise for '
+                     'every setting',
          'config': json.loads(config.to_json_best_effort())}
   atomic.write_json(out / 'study.json', doc)
 

@@ -97,15 +97,20 @@ def _strip(root, r) -> np.ndarray:
 
 
 def _assert_same_results(a: pathlib.Path, b: pathlib.Path):
-  """The same units with the same metric values; strips equal up to one grey level (float reassociation
-  when units share a batch differently)."""
+  """The same units with the same values. A program compiled for another device layout rounds floats
+  differently (~1e-6), which flips a few uint8 pixels by one grey level; the metrics of the flipped images
+  then move by ~1e-4 relative (measured: CD's D 2.6e-4), hence the tolerances. Identical strips must give
+  identical metrics."""
   ra, rb = store.read_rows(a), store.read_rows(b)
   assert [(r['input'], r['instance'], r['setting']) for r in ra] == \
          [(r['input'], r['instance'], r['setting']) for r in rb]
   for x, y in zip(ra, rb):
+    sa, sb = _strip(a, x), _strip(b, y)
+    assert np.abs(sa - sb).max() <= 1 and (sa != sb).mean() < 1e-3, f"strip of {x['setting']}"
+    same = np.array_equal(sa, sb)
     for m in ('cd_D', 'cd_S_var', 'psnr', 'ssim', 's1', 's2', 'cfg'):
-      np.testing.assert_allclose(x[m], y[m], rtol=1e-4, atol=1e-5, err_msg=f"{m} of {x['setting']}")
-    assert np.abs(_strip(a, x) - _strip(b, y)).max() <= 1
+      np.testing.assert_allclose(x[m], y[m], rtol=1e-5 if same else 2e-3, atol=1e-6 if same else 1e-4,
+                                 err_msg=f"{m} of {x['setting']}")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -123,6 +128,9 @@ def test_grid_split_and_common_random_numbers():
     diversity.settings_of(_sweep(s1=(), s2=(), cfg=()))
   with pytest.raises(diversity.UserError, match='repeats'):
     diversity.settings_of(_sweep(cfg=(2, 2.0)))
+  # an input's id (its noise) comes from its name, not its place in the list: adding inputs changes no unit
+  assert diversity.input_id_of('bell') == 0x733be087   # zlib.crc32(b'bell'): the same on every host and run
+  assert diversity.input_id_of('bell') != diversity.input_id_of('cream')
   inputs = [diversity.Input(f'obj{i}', i, None, 0.5, None, None) for i in range(3)]
   units = diversity.work_units(inputs, 4, settings)
   from hv_jax import parallel
