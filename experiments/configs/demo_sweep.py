@@ -7,21 +7,16 @@ numbers mean nothing, and study.json and the report say so.
 """
 import os
 
-from configs.common import base_config
+from configs import demo
 from experiments.configs.scale_sweep import study_fields
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def get_config():
-  c = study_fields(base_config())
+  c = study_fields(demo.get_config())    # the demo's tiny random model, 2 instances, 10 steps, seed 0
   c.data.path = os.path.join(_ROOT, 'tests', 'fixtures', 'gso')
   c.output_dir = 'results/demo_sweep'
-  c.checkpoint = 'random'
-  c.model = 'tiny'
-  c.sample_num = 2
-  c.sample_steps = 10
-  c.seed = 0
   c.sweep.s1 = (0.0, 2.0)
   c.sweep.s2 = (0.0, 1.0)
   c.sweep.cfg = (2.0,)
