@@ -1,6 +1,6 @@
 """Seconds to evaluate objects × instances with `python -m hv_jax.evaluate --random_weights`, per metric.
 
-  PYTHONPATH=. python benchmarks/evaluate.py --gt PATH/gso-eval [--objects 30] [--instances 4]
+  PYTHONPATH=. python benchmarks/evaluate.py --gt PATH/gso-eval [--objects 30] [--instances 4] [--keep DIR]
 
 Full-size metric networks with random weights (CLIP ViT-L/14 for the CD score, VGG16 LPIPS, RAFT-large with
 20 iterations for E_flow) on real GSO-eval views: every object's 16 GT views, and N generated strips made
@@ -8,10 +8,16 @@ from them with noise. GT folders are reused cyclically when fewer than --objects
 also pays compilation, so it is reported apart; the other objects give the steady-state seconds per object,
 and the total for --objects is measured (never extrapolated) when --objects objects are run. Also prints a
 float32 matmul rate measured in the same run, to compare figures across machines.
+
+With --keep DIR the inputs and results live in DIR and a rerun resumes: objects with results are not
+evaluated again (hv_jax.evaluate's resume), so a long CPU run can be spread over several sittings; the
+table then sums the per-object seconds each object recorded when it ran (the first object of every sitting
+includes that sitting's compilation).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -64,18 +70,27 @@ def main():
   p.add_argument('--objects', type=int, default=30)
   p.add_argument('--instances', type=int, default=4)
   p.add_argument('--flow_batch', type=int, default=None)
-  p.add_argument('--keep', default='', help='keep the results in this folder')
+  p.add_argument('--keep', default='', help='inputs and results in this folder; a rerun resumes there')
   a = p.parse_args()
-  import json
   from hv_jax import evaluate
-  work = tempfile.mkdtemp(prefix='hv_eval_bench_')
-  os.makedirs(os.path.join(work, 'gt'))
+  work = os.path.abspath(a.keep) if a.keep else tempfile.mkdtemp(prefix='hv_eval_bench_')
   try:
-    make_inputs(a.gt, work, a.objects, a.instances)
+    marker = os.path.join(work, 'inputs.json')
+    spec = {'gt': os.path.abspath(a.gt), 'objects': a.objects, 'instances': a.instances}
+    if os.path.isfile(marker) and json.load(open(marker)) != spec:
+      raise SystemExit(f'{work} holds a benchmark with other settings ({json.load(open(marker))}); '
+                       'use another --keep folder')
+    if not os.path.isfile(marker):                 # fresh, or inputs interrupted half-written: (re)make them
+      for d in ('gt', 'pred', 'out'):
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+      os.makedirs(os.path.join(work, 'gt'))
+      make_inputs(a.gt, work, a.objects, a.instances)
+      with open(marker, 'w') as f:
+        json.dump(spec, f)
     gflops = matmul_gflops()
-    out = a.keep or os.path.join(work, 'out')
+    out = os.path.join(work, 'out')
     argv = ['--pred', os.path.join(work, 'pred'), '--gt', os.path.join(work, 'gt'), '--out', out,
-            '--random_weights', '--overwrite']
+            '--random_weights'] + ([] if a.keep else ['--overwrite'])
     if a.flow_batch:
       argv += ['--flow_batch', str(a.flow_batch)]
     t0 = time.perf_counter()
@@ -85,7 +100,7 @@ def main():
     metrics = sorted({m for r in records for m in r['seconds']})
     print(f'\n{a.objects} objects x {a.instances} instances, random weights; in-run float32 matmul '
           f'{gflops:.1f} GFLOP/s')
-    print(f'total wall time (weights init, compilation, all objects): {total:.1f} s')
+    print(f'wall time of this sitting (weights init, compilation, the objects not done before): {total:.1f} s')
     print('| metric | first object s (compiles) | later objects: mean s per object | sum over all objects s |')
     print('|---|---|---|---|')
     first = records[0]['object']
@@ -95,7 +110,8 @@ def main():
       mean = f'{np.mean(rest):.2f}' if rest else '-'
       print(f'| {m} | {f0:.2f} | {mean} | {sum(r["seconds"][m] for r in records):.1f} |')
   finally:
-    shutil.rmtree(work, ignore_errors=True)
+    if not a.keep:
+      shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ evaluate against the GT meshes (Chamfer, volume IoU, minutes per object).
 
 Each object runs `python -m hv_jax.reconstruct --config=configs/neus_fast.py` with --config.gt_mesh; finished
 objects (metrics.json present) are skipped, so an interrupted validation resumes. Prints and writes
-OUT/table.md (per object and the means).
+OUT/table.md (per object and the means; with mesh_floor set, also the metrics of the mesh before the floor).
 """
 from __future__ import annotations
 
@@ -29,31 +29,39 @@ def main():
   a = p.parse_args()
   names = a.objects.split(',') if a.objects else sorted(
       d for d in os.listdir(a.gso) if os.path.isfile(os.path.join(a.gso, d, 'model.obj')))
-  rows = []
   for name in names:
     out = os.path.join(a.out, name)
-    metrics = os.path.join(out, 'metrics.json')
+    if os.path.exists(os.path.join(out, 'metrics.json')):
+      continue
+    t0 = time.time()
+    cmd = [sys.executable, '-m', 'hv_jax.reconstruct', f'--config={a.config}',
+           f'--config.input={os.path.join(a.gso, name)}', f'--config.output_dir={out}',
+           f'--config.gt_mesh={os.path.join(a.gso, name, "model.obj")}', f'--config.gt_name={name}',
+           '--config.progress=False'] + a.extra.split()
+    r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    if r.returncode:
+      print(f'{name}: failed ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})', flush=True)
+      continue
+    print(f'{name}: {time.time() - t0:.0f} s', flush=True)
+  rows = []
+  for name in names:
+    metrics = os.path.join(a.out, name, 'metrics.json')
     if not os.path.exists(metrics):
-      t0 = time.time()
-      cmd = [sys.executable, '-m', 'hv_jax.reconstruct', f'--config={a.config}',
-             f'--config.input={os.path.join(a.gso, name)}', f'--config.output_dir={out}',
-             f'--config.gt_mesh={os.path.join(a.gso, name, "model.obj")}', f'--config.gt_name={name}',
-             '--config.progress=False'] + a.extra.split()
-      r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
-      if r.returncode:
-        print(f'{name}: failed ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})')
-        continue
-      print(f'{name}: {time.time() - t0:.0f} s', flush=True)
+      continue
     m = json.load(open(metrics))
-    g = m['geometry']
-    rows.append((name, g['chamfer'], g['iou'], m['seconds']['total'] / 60, m['seconds']['train'] / 60))
-    print(f'{name}\t{g["chamfer"]:.5f}\t{g["iou"]:.4f}\t{rows[-1][3]:.1f} min', flush=True)
+    g, raw = m['geometry'], m.get('geometry_nofloor', m['geometry'])
+    rows.append((name, g['chamfer'], g['iou'], raw['chamfer'], raw['iou'], m['seconds']['total'] / 60,
+                 m['seconds']['train'] / 60))
+    print(f'{name}\t{g["chamfer"]:.5f}\t{g["iou"]:.4f}\t{rows[-1][5]:.1f} min', flush=True)
   if not rows:
     return
-  lines = ['| object | Chamfer | volume IoU | minutes (total) | minutes (training) |', '|---|---|---|---|---|']
-  lines += [f'| {n} | {c:.4f} | {i:.3f} | {t:.1f} | {tt:.1f} |' for n, c, i, t, tt in rows]
+  lines = ['| object | Chamfer | volume IoU | Chamfer, no floor | IoU, no floor | minutes (total) | minutes (training) |',
+           '|---|---|---|---|---|---|---|']
+  lines += ['| ' + ' | '.join([r[0]] + [f'{x:.4f}' if k % 2 == 0 else f'{x:.3f}' for k, x in enumerate(r[1:5])]
+                              + [f'{x:.1f}' for x in r[5:]]) + ' |' for r in rows]
   mean = lambda k: sum(r[k] for r in rows) / len(rows)
-  lines.append(f'| **mean of {len(rows)}** | **{mean(1):.4f}** | **{mean(2):.3f}** | {mean(3):.1f} | {mean(4):.1f} |')
+  lines.append(f'| **mean of {len(rows)}** | **{mean(1):.4f}** | **{mean(2):.3f}** | {mean(3):.4f} | {mean(4):.3f} '
+               f'| {mean(5):.1f} | {mean(6):.1f} |')
   table = '\n'.join(lines)
   print('\n' + table)
   os.makedirs(a.out, exist_ok=True)

@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh_resolution = 512
   c.mesh_slab = 8              # x-planes of the SDF grid per jitted call (memory bound)
   c.vertex_colors = True
+  c.mesh_floor = 'none'        # 'mirror_top': cut the unseen fill below the object at -top (hv_jax.neus.mesh)
   # optional evaluation against a GT mesh (hv_jax.metrics.geometry): metrics.json gets chamfer / iou
   c.gt_mesh = ''
   c.gt_name = ''               # object name for the GT rotation (default: the input folder's name)

@@ -149,13 +149,35 @@ def test_mesh_of_the_initial_sphere_and_ply(tmp_path):
   assert m.is_watertight
 
 
+def test_mirror_top_floor_cuts_the_fill_below_a_centred_box():
+  """A box over z in [-0.5, 0.3] (as if the unseen space below a [-0.3, 0.3] object were filled) is cut at
+  z = -0.3; a grid whose surface reaches the cube's top, or that has no surface, is left alone."""
+  res, bound = 97, 0.6
+  ax = np.linspace(-bound, bound, res, dtype=np.float32)
+  x, y, z = np.meshgrid(ax, ax, ax, indexing='ij')
+  box = lambda lo, hi: np.maximum(np.maximum(np.abs(x), np.abs(y)) - 0.2, np.maximum(lo - z, z - hi))
+  u = box(-0.5, 0.3)
+  floored, floor = mesh.mirror_top_floor(u, bound)
+  assert abs(floor + 0.3) < 1e-6
+  v, f = mesh.marching_cubes(floored, bound)
+  np.testing.assert_allclose([v[:, 2].min(), v[:, 2].max()], [-0.3, 0.3], atol=1e-6)
+  np.testing.assert_allclose(np.ptp(v[:, :2], 0), [0.4, 0.4], atol=1e-6)
+  above = ax > -0.29
+  np.testing.assert_array_equal(floored[..., above] < 0, u[..., above] < 0)   # only the fill below is cut
+  np.testing.assert_array_equal(floored[..., ax >= 0], u[..., ax >= 0])
+  for same in (box(-0.5, 0.7), np.ones_like(u)):
+    np.testing.assert_array_equal(mesh.mirror_top_floor(same, bound)[0], same)
+  with pytest.raises(ValueError, match='mesh floor'):
+    mesh.extract_mesh(fields.init_params(jax.random.PRNGKey(0), TINY), TINY, resolution=8, floor='flat')
+
+
 def run_cli(*args):
   env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, '-m', 'hv_jax.reconstruct', *args], capture_output=True, text=True,
                         env=env, cwd=ROOT)
 
 
-SHORT, CHAMFER_BOUND, IOU_BOUND = 150, 0.025, 0.7   # measured: 0.0158, 0.834 (94 s)
+SHORT, CHAMFER_BOUND, IOU_BOUND = 150, 0.025, 0.7   # measured: 0.0156, 0.878 (0.0158, 0.834 before the floor)
 
 TINY_FLAGS = ['--config=configs/neus_fast.py', '--config.train.total_steps=4', '--config.train.decay_interval=2',
               '--config.train.warm_up_steps=1', '--config.batch_num=64', '--config.fg_num=16',
@@ -170,6 +192,7 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
       ([f'--config.input={d}'], 'missing view'),
       ([f'--config.input={tmp_path / "nope.png"}'], 'no such file'),
       (['--config.input='], 'no input'),
+      ([f'--config.input={d}', '--config.mesh_floor=flat'], 'mesh_floor'),
   ]
   Image.new('RGBA', (4096, 256), (255, 255, 255, 0)).save(tmp_path / 'empty.png')
   cases.append(([f'--config.input={tmp_path / "empty.png"}'], 'mask is empty'))
@@ -216,8 +239,9 @@ def test_chunked_gradient_equals_the_whole_batch(cfg):
 def test_real_object_shortened_reconstruction(tmp_path):
   """CI-sized real check: the GSO 'cream' box from its 16 GT views, neus_fast shortened to SHORT steps.
 
-  Bounds are set from a measured run with margin (Chamfer 0.0158, IoU 0.834); a broken renderer, loss, ray
-  convention or GT transform lands outside them (the initial sphere scores Chamfer 0.080, IoU 0.63).
+  Bounds are set from a measured run with margin (Chamfer 0.0156, IoU 0.878; 0.0158, 0.834 before the
+  floor); a broken renderer, loss, ray convention or GT transform lands outside them (the initial sphere
+  scores Chamfer 0.080, IoU 0.63).
   """
   pytest.importorskip('trimesh')
   from configs import neus_fast
@@ -234,5 +258,7 @@ def test_real_object_shortened_reconstruction(tmp_path):
   assert geo['name'] == 'cream'
   assert geo['chamfer'] < CHAMFER_BOUND and geo['iou'] > IOU_BOUND, geo
   assert (tmp_path / 'cream' / 'mesh.ply').exists()
+  assert m['mesh']['floor'] == 'mirror_top' and (tmp_path / 'cream' / 'mesh_nofloor.ply').exists()
+  assert m['geometry_nofloor']['iou'] <= geo['iou'] + 1e-9, (m['geometry_nofloor'], geo)   # cream's fill is cut
   again = pipeline.run(c)                        # finished output: not redone
   assert again['seconds'] == m['seconds']

@@ -74,16 +74,58 @@ def vertex_colors(params: Params, cfg: NeuSConfig, vertices: np.ndarray, chunk: 
   return (cols * 255).astype(np.uint8)
 
 
-def extract_mesh(params: Params, cfg: NeuSConfig, resolution: int = 512, colors: bool = True, slab: int = 16,
-                 progress: bool = False) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-  """(vertices [V, 3] float64, faces [F, 3] int64, vertex colours uint8 [V, 3] or None)."""
+FLOORS = ('none', 'mirror_top')
+
+
+def mirror_top_floor(u: np.ndarray, bound: float) -> Tuple[np.ndarray, float]:
+  """Intersects the SDF grid [x, y, z] with the half-space z >= -top, top = the highest zero crossing.
+
+  A prior from the data, not from the original renderer: the GSO evaluation renders objects with their
+  bounding box centred at the origin (eval_mesh.py's normalisation), so the bottom lies at -top. All 16
+  cameras look down from 30 degrees, so nothing carves the space below the object's footprint (the visual
+  hull reaches about tan(30 deg) x the footprint radius below the true bottom); the top is seen from every
+  view. Wrong for an object whose box is not centred. Returns (grid, floor z); the grid is unchanged when no
+  surface crosses z."""
+  res = u.shape[2]
+  axis = np.linspace(-bound, bound, res, dtype=np.float64)
+  inside = u < 0
+  cols = np.nonzero(inside.any(axis=(0, 1)))[0]
+  if len(cols) == 0 or cols[-1] == res - 1:
+    return u, -bound
+  k = int(cols[-1])
+  lo, hi = u[:, :, k].astype(np.float64), u[:, :, k + 1].astype(np.float64)
+  cross = (lo < 0) & (hi >= 0)
+  frac = np.where(cross, lo / np.where(cross, lo - hi, 1.0), 0.0)       # linear zero crossing in the cell
+  top = axis[k] + float(frac[cross].max()) * (axis[1] - axis[0])
+  floor = -top
+  return np.maximum(u, (floor - axis)[None, None, :].astype(np.float32)), floor
+
+
+def marching_cubes(u: np.ndarray, bound: float) -> Tuple[np.ndarray, np.ndarray]:
+  """mcubes at level 0; vertices [V, 3] float64 in world units, faces [F, 3] int64."""
   import mcubes
+  vertices, faces = mcubes.marching_cubes(u, 0.0)
+  return vertices / (u.shape[0] - 1.0) * (2 * bound) - bound, np.asarray(faces, np.int64)
+
+
+def extract_mesh(params: Params, cfg: NeuSConfig, resolution: int = 512, colors: bool = True, slab: int = 16,
+                 progress: bool = False, floor: str = 'none', raw: bool = False):
+  """(vertices [V, 3] float64, faces [F, 3] int64, vertex colours uint8 [V, 3] or None).
+
+  floor='mirror_top' applies `mirror_top_floor` (the original: 'none'); with raw=True the mesh before the
+  floor, (vertices, faces), is returned as a fourth element (None when floor='none')."""
+  if floor not in FLOORS:
+    raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
   bound = cfg.default_side_length
   u = sdf_grid(params, cfg, resolution, bound, slab, progress)
-  vertices, faces = mcubes.marching_cubes(u, 0.0)
-  vertices = vertices / (resolution - 1.0) * (2 * bound) - bound
+  unfloored = None
+  if floor == 'mirror_top':
+    if raw:
+      unfloored = marching_cubes(u, bound)
+    u, _ = mirror_top_floor(u, bound)
+  vertices, faces = marching_cubes(u, bound)
   cols = vertex_colors(params, cfg, vertices) if colors and len(vertices) else None
-  return vertices, np.asarray(faces, np.int64), cols
+  return (vertices, faces, cols, unfloored) if raw else (vertices, faces, cols)
 
 
 def write_ply(path, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray] = None) -> None:

@@ -53,6 +53,8 @@ def configs_from(config) -> Tuple[NeuSConfig, train.TrainConfig, train.LoopConfi
       raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
     if lc.batch_num <= 0 or lc.fg_num < 0 or int(config.mesh_resolution) < 2:
       raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
+    if str(config.get('mesh_floor', 'none')) not in neus_mesh.FLOORS:
+      raise ValueError(f'mesh_floor={config.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
   except (TypeError, ValueError) as e:
     raise UserError(f'bad config: {e}') from None
   return cfg, tc, lc
@@ -99,11 +101,16 @@ def run(config) -> Dict[str, Any]:
   t_train = time.time() - t0
 
   t1 = time.time()
-  vertices, faces, colors = neus_mesh.extract_mesh(params, cfg, int(config.mesh_resolution),
-                                                   colors=bool(config.vertex_colors), slab=int(config.mesh_slab),
-                                                   progress=config.progress)
+  floor = str(config.get('mesh_floor', 'none'))
+  extracted = neus_mesh.extract_mesh(
+      params, cfg, int(config.mesh_resolution), colors=bool(config.vertex_colors), slab=int(config.mesh_slab),
+      progress=config.progress, floor=floor, raw=bool(gt_mesh))
+  vertices, faces, colors = extracted[:3]
+  unfloored = extracted[3] if gt_mesh else None
   if len(faces) == 0:
     raise UserError('the SDF has no zero crossing inside the cube: training did not find a surface')
+  if unfloored is not None:     # evaluated next to the floored mesh, so the prior's effect is on record
+    neus_mesh.write_ply(out / 'mesh_nofloor.ply', *unfloored)
   neus_mesh.write_ply(mesh_path, vertices, faces, colors)
   t_mesh = time.time() - t1
 
@@ -112,7 +119,7 @@ def run(config) -> Dict[str, Any]:
              'steps': tc.total_steps, 'final': final, 'history': history,
              'seconds': {'train': t_train, 'mesh': t_mesh},
              'mesh': {'vertices': int(len(vertices)), 'faces': int(len(faces)),
-                      'resolution': int(config.mesh_resolution)},
+                      'resolution': int(config.mesh_resolution), 'floor': floor},
              'config': _plain(config.to_dict() if hasattr(config, 'to_dict') else config)}
   if gt_mesh:
     from hv_jax.metrics import geometry
@@ -120,6 +127,8 @@ def run(config) -> Dict[str, Any]:
     t2 = time.time()
     metrics['geometry'] = geometry.evaluate(mesh_path, gt_mesh, name)
     metrics['geometry']['name'] = name
+    if unfloored is not None:
+      metrics['geometry_nofloor'] = geometry.evaluate(out / 'mesh_nofloor.ply', gt_mesh, name)
     metrics['seconds']['evaluate'] = time.time() - t2
   metrics['seconds']['total'] = time.time() - t0
   atomic.write_json(metrics_path, metrics)
