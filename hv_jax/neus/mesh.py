@@ -108,24 +108,27 @@ def marching_cubes(u: np.ndarray, bound: float) -> Tuple[np.ndarray, np.ndarray]
   return vertices / (u.shape[0] - 1.0) * (2 * bound) - bound, np.asarray(faces, np.int64)
 
 
-def extract_mesh(params: Params, cfg: NeuSConfig, resolution: int = 512, colors: bool = True, slab: int = 16,
-                 progress: bool = False, floor: str = 'none', raw: bool = False):
-  """(vertices [V, 3] float64, faces [F, 3] int64, vertex colours uint8 [V, 3] or None).
-
-  floor='mirror_top' applies `mirror_top_floor` (the original: 'none'); with raw=True the mesh before the
-  floor, (vertices, faces), is returned as a fourth element (None when floor='none')."""
+def mesh_from_grid(params: Params, cfg: NeuSConfig, u: np.ndarray, floor: str = 'none', colors: bool = True):
+  """Marching cubes of an `sdf_grid` after the floor prior: (vertices [V, 3] float64, faces [F, 3] int64,
+  vertex colours uint8 [V, 3] or None). floor='mirror_top' applies `mirror_top_floor`; 'none' is the
+  original."""
   if floor not in FLOORS:
     raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
   bound = cfg.default_side_length
-  u = sdf_grid(params, cfg, resolution, bound, slab, progress)
-  unfloored = None
   if floor == 'mirror_top':
-    if raw:
-      unfloored = marching_cubes(u, bound)
     u, _ = mirror_top_floor(u, bound)
   vertices, faces = marching_cubes(u, bound)
   cols = vertex_colors(params, cfg, vertices) if colors and len(vertices) else None
-  return (vertices, faces, cols, unfloored) if raw else (vertices, faces, cols)
+  return vertices, faces, cols
+
+
+def extract_mesh(params: Params, cfg: NeuSConfig, resolution: int = 512, colors: bool = True, slab: int = 16,
+                 progress: bool = False, floor: str = 'none'):
+  """`sdf_grid` then `mesh_from_grid`: (vertices, faces, vertex colours or None)."""
+  if floor not in FLOORS:        # before the grid, which takes minutes at 512^3
+    raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
+  u = sdf_grid(params, cfg, resolution, cfg.default_side_length, slab, progress)
+  return mesh_from_grid(params, cfg, u, floor, colors)
 
 
 def write_ply(path, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray] = None) -> None:

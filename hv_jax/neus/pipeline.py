@@ -102,14 +102,15 @@ def run(config) -> Dict[str, Any]:
 
   t1 = time.time()
   floor = str(config.get('mesh_floor', 'none'))
-  extracted = neus_mesh.extract_mesh(
-      params, cfg, int(config.mesh_resolution), colors=bool(config.vertex_colors), slab=int(config.mesh_slab),
-      progress=config.progress, floor=floor, raw=bool(gt_mesh))
-  vertices, faces, colors = extracted[:3]
-  unfloored = extracted[3] if gt_mesh else None
+  grid = neus_mesh.sdf_grid(params, cfg, int(config.mesh_resolution), cfg.default_side_length,
+                            int(config.mesh_slab), config.progress)
+  vertices, faces, colors = neus_mesh.mesh_from_grid(params, cfg, grid, floor, bool(config.vertex_colors))
+  unfloored = None      # with a GT mesh, the mesh before the floor is evaluated too: the prior's effect on record
+  if gt_mesh and floor != 'none':
+    unfloored = neus_mesh.mesh_from_grid(params, cfg, grid, 'none', colors=False)[:2]
   if len(faces) == 0:
     raise UserError('the SDF has no zero crossing inside the cube: training did not find a surface')
-  if unfloored is not None:     # evaluated next to the floored mesh, so the prior's effect is on record
+  if unfloored is not None:
     neus_mesh.write_ply(out / 'mesh_nofloor.ply', *unfloored)
   neus_mesh.write_ply(mesh_path, vertices, faces, colors)
   t_mesh = time.time() - t1
