@@ -171,9 +171,10 @@ def test_mirror_top_floor_cuts_the_fill_below_a_centred_box():
   v, f, c = mesh.mesh_from_grid(p, TINY, u, 'mirror_top', colors=False)
   assert c is None and abs(v[:, 2].min() + 0.3) < 1e-6
   assert abs(mesh.mesh_from_grid(p, TINY, u, 'none', colors=False)[0][:, 2].min() + 0.5) < 1e-6
-  for fn in (mesh.extract_mesh, mesh.mesh_from_grid):
-    with pytest.raises(ValueError, match='mesh floor'):
-      fn(p, TINY, 8 if fn is mesh.extract_mesh else u, floor='flat')
+  with pytest.raises(ValueError, match='mesh floor'):
+    mesh.extract_mesh(p, TINY, resolution=8, floor='flat')
+  with pytest.raises(ValueError, match='mesh floor'):
+    mesh.mesh_from_grid(p, TINY, u, floor='flat')
 
 
 def run_cli(*args):

@@ -77,6 +77,11 @@ def vertex_colors(params: Params, cfg: NeuSConfig, vertices: np.ndarray, chunk: 
 FLOORS = ('none', 'mirror_top')
 
 
+def check_floor(floor: str) -> None:
+  if floor not in FLOORS:
+    raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
+
+
 def mirror_top_floor(u: np.ndarray, bound: float) -> Tuple[np.ndarray, float]:
   """Intersects the SDF grid [x, y, z] with the half-space z >= -top, top = the highest zero crossing.
 
@@ -112,8 +117,7 @@ def mesh_from_grid(params: Params, cfg: NeuSConfig, u: np.ndarray, floor: str = 
   """Marching cubes of an `sdf_grid` after the floor prior: (vertices [V, 3] float64, faces [F, 3] int64,
   vertex colours uint8 [V, 3] or None). floor='mirror_top' applies `mirror_top_floor`; 'none' is the
   original."""
-  if floor not in FLOORS:
-    raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
+  check_floor(floor)
   bound = cfg.default_side_length
   if floor == 'mirror_top':
     u, _ = mirror_top_floor(u, bound)
@@ -125,8 +129,7 @@ def mesh_from_grid(params: Params, cfg: NeuSConfig, u: np.ndarray, floor: str = 
 def extract_mesh(params: Params, cfg: NeuSConfig, resolution: int = 512, colors: bool = True, slab: int = 16,
                  progress: bool = False, floor: str = 'none'):
   """`sdf_grid` then `mesh_from_grid`: (vertices, faces, vertex colours or None)."""
-  if floor not in FLOORS:        # before the grid, which takes minutes at 512^3
-    raise ValueError(f'mesh floor {floor!r}: expected one of {FLOORS}')
+  check_floor(floor)             # before the grid, which takes minutes at 512^3
   u = sdf_grid(params, cfg, resolution, cfg.default_side_length, slab, progress)
   return mesh_from_grid(params, cfg, u, floor, colors)
 
