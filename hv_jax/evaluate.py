@@ -226,7 +226,8 @@ def backends(args) -> Dict[str, Backend]:
 
 # ----------------------------------------------------------------------------- per object
 
-def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend]) -> dict:
+def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compiles: bool = False) -> dict:
+  """Every metric of one object. `compiles` marks the first object of a process: its seconds include jit."""
   gt_dir, pred_dir = os.path.join(args.gt, obj), os.path.join(args.pred, obj)
   gt = gt_views(gt_dir)
   pred = pred_views(pred_dir, gt.shape[1])
@@ -234,7 +235,8 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend]) -> dict
     raise UserError(f'{gt_dir}: views must be square, got {gt.shape[2]}x{gt.shape[1]}')
   n = pred.shape[0]
   record = {'object': obj, 'instances': n, 'per_view': {}, 'per_instance': {}, 'seconds': {},
-            'unavailable': {}, 'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border}
+            'unavailable': {}, 'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border,
+            'seconds_include_compilation': compiles}
 
   def put(values: Dict[str, np.ndarray]):
     for k, v in values.items():
@@ -378,7 +380,7 @@ def run(args) -> dict:
   except OSError as e:
     raise UserError(f'cannot write to --out {args.out}: {e}') from e
   metric_backends = backends(args)
-  records = []
+  records, evaluated = [], 0
   bar = tqdm(names, desc='objects', unit='obj', disable=not args.progress)
   for n in bar:
     path = os.path.join(args.out, 'objects', f'{n}.json')
@@ -390,7 +392,8 @@ def run(args) -> dict:
         records.append(rec)
         continue
     bar.set_postfix_str(n)
-    rec = evaluate_object(n, args, metric_backends)
+    rec = evaluate_object(n, args, metric_backends, compiles=not evaluated)
+    evaluated += 1
     atomic.write_json(path, rec)
     records.append(rec)
   summary = summarize(records)
