@@ -7,8 +7,9 @@ Full-size metric networks with random weights (CLIP ViT-L/14 for the CD score, V
 20 iterations for E_flow) on real GSO-eval views: every object's 16 GT views, and N generated strips made
 from them with noise. GT folders are reused cyclically when fewer than --objects exist. The first object
 of each sitting also pays compilation, so those objects are reported apart; the other objects give the
-steady-state seconds per object, and the total for --objects is measured (never extrapolated) when --objects objects are run. Also prints a
-float32 matmul rate measured in the same run, to compare figures across machines.
+steady-state seconds per object, and the total for --objects is measured (never extrapolated) when --objects
+objects are run. Also prints a float32 matmul rate measured in the same run (kept per sitting in
+DIR/sittings.json), to compare figures across machines.
 
 With --keep DIR the inputs and results live in DIR and a rerun resumes: objects with results are not
 evaluated again (hv_jax.evaluate's resume), so a long CPU run can be spread over several sittings; the
@@ -65,7 +66,7 @@ def make_inputs(gt_src: str, work: str, objects: int, instances: int, seed: int 
       Image.fromarray(strip).save(os.path.join(work, 'pred', name, f'{k}.png'))
 
 
-def print_table(work: str, gflops: float | None = None, total: float | None = None) -> None:
+def print_table(work: str, total: float | None = None) -> None:
   """Per-metric seconds of the objects with results in `work` (all of them once the run is complete)."""
   objects = os.path.join(work, 'out', 'objects')
   files = sorted(os.listdir(objects)) if os.path.isdir(objects) else []
@@ -74,8 +75,11 @@ def print_table(work: str, gflops: float | None = None, total: float | None = No
   spec = json.load(open(os.path.join(work, 'inputs.json')))
   records = [json.load(open(os.path.join(objects, f))) for f in files]
   metrics = sorted({m for r in records for m in r['seconds']})
-  print(f'\n{len(records)} of {spec["objects"]} objects x {spec["instances"]} instances done, random weights' +
-        (f'; in-run float32 matmul {gflops:.1f} GFLOP/s' if gflops else ''))
+  print(f'\n{len(records)} of {spec["objects"]} objects x {spec["instances"]} instances done, random weights')
+  sittings_file = os.path.join(work, 'sittings.json')
+  for i, st in enumerate(json.load(open(sittings_file)) if os.path.isfile(sittings_file) else []):
+    print(f'sitting {i + 1}, started {st["started"]} with {st["objects_done_before"]} objects done: in-run float32 '
+          f'matmul {st["matmul_gflops"]} GFLOP/s')
   if total is not None:
     print(f'wall time of this sitting (weights init, compilation, the objects not done before): {total:.1f} s')
   # Each sitting's first object pays that sitting's compilation (hv_jax.evaluate marks it; records written
@@ -107,7 +111,7 @@ def main():
     return print_table(os.path.abspath(a.keep))
   if not a.gt:
     p.error('--gt is required')
-  from hv_jax import evaluate
+  from hv_jax import atomic, evaluate
   work = os.path.abspath(a.keep) if a.keep else tempfile.mkdtemp(prefix='hv_eval_bench_')
   try:
     marker = os.path.join(work, 'inputs.json')
@@ -124,6 +128,15 @@ def main():
         json.dump(spec, f)
     gflops = matmul_gflops()
     out = os.path.join(work, 'out')
+    done = len(os.listdir(os.path.join(out, 'objects'))) if os.path.isdir(os.path.join(out, 'objects')) else 0
+    # A sitting may be stopped before it prints its table: its matmul rate is kept now, beside its results.
+    sittings_file = os.path.join(work, 'sittings.json')
+    sittings = json.load(open(sittings_file)) if os.path.isfile(sittings_file) else []
+    sittings.append({'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'objects_done_before': done,
+                     'matmul_gflops': round(gflops, 1)})
+    atomic.write_json(sittings_file, sittings)
+    print(f'sitting {len(sittings)}: {done} objects done before; in-run float32 matmul {gflops:.1f} GFLOP/s',
+          flush=True)
     argv = ['--pred', os.path.join(work, 'pred'), '--gt', os.path.join(work, 'gt'), '--out', out,
             '--random_weights'] + ([] if a.keep else ['--overwrite'])
     if a.flow_batch:
@@ -131,7 +144,7 @@ def main():
     t0 = time.perf_counter()
     assert evaluate.main(argv) == 0
     total = time.perf_counter() - t0
-    print_table(work, gflops, total)
+    print_table(work, total)
   finally:
     if not a.keep:
       shutil.rmtree(work, ignore_errors=True)
