@@ -86,14 +86,23 @@ def print_table(work: str, total: float | None = None) -> None:
   # before the mark existed came from one sitting, whose first object is the first by name).
   compiled = [r.get('seconds_include_compilation', r is records[0]) for r in records]
   print(f'{sum(compiled)} of them first in a sitting (their seconds include compilation)')
-  print('| metric | first objects of sittings: mean s (compiles) | other objects: mean s per object | '
-        'sum over all objects s |')
-  print('|---|---|---|---|')
-  mean = lambda v: f'{np.mean(v):.2f}' if v else '-'
+  print('| metric | first objects of sittings: mean s (compiles) | other objects: mean s | median s | '
+        'CPU s / wall s | sum over all objects s |')
+  print('|---|---|---|---|---|---|')
+  f = lambda v, fn=np.mean: f'{fn(v):.2f}' if v else '-'
   for m in metrics:
     first = [r['seconds'][m] for r, c in zip(records, compiled) if c and m in r['seconds']]
-    rest = [r['seconds'][m] for r, c in zip(records, compiled) if not c and m in r['seconds']]
-    print(f'| {m} | {mean(first)} | {mean(rest)} | {sum(r["seconds"][m] for r in records if m in r["seconds"]):.1f} |')
+    rest = [r for r, c in zip(records, compiled) if not c and m in r['seconds']]
+    wall = [r['seconds'][m] for r in rest]
+    cpu = [r['cpu_seconds'][m] / r['seconds'][m] for r in rest if m in r.get('cpu_seconds', {})]
+    print(f'| {m} | {f(first)} | {f(wall)} | {f(wall, np.median)} | {f(cpu)} | '
+          f'{sum(r["seconds"][m] for r in records if m in r["seconds"]):.1f} |')
+  others = [r for r, c in zip(records, compiled) if not c]
+  if others:
+    median = np.median([sum(r['seconds'].values()) for r in others])
+    slow = [r['object'] for r in others if sum(r['seconds'].values()) > 1.25 * median]
+    if slow:
+      print(f'objects over 1.25x the median total (the CPU was likely shared): {", ".join(slow)}')
 
 
 def main():

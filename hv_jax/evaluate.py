@@ -234,7 +234,7 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
   if gt.shape[1] != gt.shape[2]:
     raise UserError(f'{gt_dir}: views must be square, got {gt.shape[2]}x{gt.shape[1]}')
   n = pred.shape[0]
-  record = {'object': obj, 'instances': n, 'per_view': {}, 'per_instance': {}, 'seconds': {},
+  record = {'object': obj, 'instances': n, 'per_view': {}, 'per_instance': {}, 'seconds': {}, 'cpu_seconds': {},
             'unavailable': {}, 'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border,
             'seconds_include_compilation': compiles}
 
@@ -246,24 +246,32 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
         v = v.mean(1)
       record['per_instance'][k] = v.tolist()
 
-  t = time.perf_counter()
+  def clock():
+    return time.perf_counter(), time.process_time()
+
+  def took(name, start):
+    # wall and CPU seconds (all threads): CPU/wall drops when another job shares the cores
+    record['seconds'][name] = time.perf_counter() - start[0]
+    record['cpu_seconds'][name] = time.process_time() - start[1]
+
+  t = clock()
   put(image_fn(obj, gt, pred, args.ssim_border == 'crop'))
-  record['seconds']['psnr_ssim'] = time.perf_counter() - t
+  took('psnr_ssim', t)
   for name, b in metric_backends.items():
     if b.fn is None:
       record['unavailable'][name] = b.reason
       continue
-    t = time.perf_counter()
+    t = clock()
     put(b.fn(obj, gt, pred))
-    record['seconds'][name] = time.perf_counter() - t
+    took(name, t)
   if args.meshes:
-    t = time.perf_counter()
+    t = clock()
     vals, why = _geometry_fn(args.meshes)(obj, gt_dir, n)
     if vals is None:
       record['unavailable']['geometry'] = why
     else:
       put(vals)
-      record['seconds']['geometry'] = time.perf_counter() - t
+      took('geometry', t)
   else:
     record['unavailable']['geometry'] = 'no --meshes given'
   return record

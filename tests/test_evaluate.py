@@ -74,6 +74,7 @@ def test_cli_outputs_and_resume(tmp_path, capsys):
   # the first object of a process pays compilation: its seconds say so (benchmarks/evaluate.py reports it apart)
   assert rec['seconds_include_compilation'] is True
   assert json.load(open(out / 'objects' / 'soap.json'))['seconds_include_compilation'] is False
+  assert set(rec['cpu_seconds']) == set(rec['seconds']) == {'psnr_ssim'}
   table = (out / 'table.md').read_text()
   assert '| PSNR ↑ | 2 | ∞ |' in table and 'e_flow: unavailable' in table
   assert (out / 'results.csv').read_text().splitlines()[0] == 'object,instance,psnr,ssim'
