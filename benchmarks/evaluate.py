@@ -82,28 +82,23 @@ def print_table(work: str, total: float | None = None) -> None:
           f'matmul {st["matmul_gflops"]} GFLOP/s')
   if total is not None:
     print(f'wall time of this sitting (weights init, compilation, the objects not done before): {total:.1f} s')
-  # Each sitting's first object pays that sitting's compilation (hv_jax.evaluate marks it; records written
-  # before the mark existed came from one sitting, whose first object is the first by name).
-  compiled = [r.get('seconds_include_compilation', r is records[0]) for r in records]
-  print(f'{sum(compiled)} of them first in a sitting (their seconds include compilation)')
+  first = [r for r in records if r['seconds_include_compilation']]   # each sitting's first object compiles
+  others = [r for r in records if not r['seconds_include_compilation']]
+  print(f'{len(first)} of them first in a sitting (their seconds include compilation)')
   print('| metric | first objects of sittings: mean s (compiles) | other objects: mean s | median s | '
         'CPU s / wall s | sum over all objects s |')
   print('|---|---|---|---|---|---|')
   f = lambda v, fn=np.mean: f'{fn(v):.2f}' if v else '-'
   for m in metrics:
-    first = [r['seconds'][m] for r, c in zip(records, compiled) if c and m in r['seconds']]
-    rest = [r for r, c in zip(records, compiled) if not c and m in r['seconds']]
-    wall = [r['seconds'][m] for r in rest]
-    cpu = [r['cpu_seconds'][m] / r['seconds'][m] for r in rest if m in r.get('cpu_seconds', {})]
-    print(f'| {m} | {f(first)} | {f(wall)} | {f(wall, np.median)} | {f(cpu)} | '
-          f'{sum(r["seconds"][m] for r in records if m in r["seconds"]):.1f} |')
-  others = [r for r, c in zip(records, compiled) if not c]
+    wall = [r['seconds'][m] for r in others if m in r['seconds']]
+    cpu = [r['cpu_seconds'][m] / r['seconds'][m] for r in others if m in r.get('cpu_seconds', {})]
+    print(f'| {m} | {f([r["seconds"][m] for r in first if m in r["seconds"]])} | {f(wall)} | '
+          f'{f(wall, np.median)} | {f(cpu)} | {sum(r["seconds"].get(m, 0) for r in records):.1f} |')
   if others:
     median = np.median([sum(r['seconds'].values()) for r in others])
     slow = [r['object'] for r in others if sum(r['seconds'].values()) > 1.25 * median]
     if slow:
       print(f'objects over 1.25x the median total (the CPU was likely shared): {", ".join(slow)}')
-
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
