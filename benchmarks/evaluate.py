@@ -94,26 +94,26 @@ def print_table(work: str, total: float | None = None) -> None:
     cpu = [r['cpu_seconds'][m] / r['seconds'][m] for r in others if m in r.get('cpu_seconds', {})]
     print(f'| {m} | {f([r["seconds"][m] for r in first if m in r["seconds"]])} | {f(wall)} | '
           f'{f(wall, np.median)} | {f(cpu)} | {sum(r["seconds"].get(m, 0) for r in records):.1f} |')
-  print(f'| all | {f([sum(r["seconds"].values()) for r in first])} | '
-        f'{f([sum(r["seconds"].values()) for r in others])} | '
-        f'{f([sum(r["seconds"].values()) for r in others], np.median)} | | '
-        f'{sum(sum(r["seconds"].values()) for r in records):.1f} |')
+  object_s = lambda rs: [sum(r['seconds'].values()) for r in rs]   # all metrics of each object
+  print(f'| all | {f(object_s(first))} | {f(object_s(others))} | {f(object_s(others), np.median)} | | '
+        f'{sum(object_s(records)):.1f} |')
   no_cpu = [r['object'] for r in others if 'cpu_seconds' not in r]
   if no_cpu:
     print(f'CPU s / wall s is over the objects that recorded CPU seconds (not: {", ".join(no_cpu)})')
   if others:
-    median = np.median([sum(r['seconds'].values()) for r in others])
-    slow = [r['object'] for r in others if sum(r['seconds'].values()) > 1.25 * median]
+    median = np.median(object_s(others))
+    slow = [r['object'] for r, s in zip(others, object_s(others)) if s > 1.25 * median]
     if slow:
       print(f'objects over 1.25x the median total (the CPU was likely shared): {", ".join(slow)}')
   # Instance k carries noise 0.02 * (k + 1): a sound metric gets strictly worse with k, even with random
   # LPIPS/RAFT weights.
   worse = {'psnr': -1, 'ssim': -1, 'lpips': 1, 'e_flow': 1}
-  broken = [f'{r["object"]}:{m}' for r in records for m, sign in worse.items()
+  broken = [(r['object'], m) for r in records for m, sign in worse.items()
             if m in r['per_instance'] and not np.all(sign * np.diff(r['per_instance'][m]) > 0)]
   print(f'PSNR and SSIM fall, LPIPS and E_flow rise strictly with the noise in '
-        f'{len(records) - len({b.split(":")[0] for b in broken})} of {len(records)} objects'
-        + (f'; not in {", ".join(broken)}' if broken else ''))
+        f'{len(records) - len({o for o, _ in broken})} of {len(records)} objects'
+        + (f'; not in {", ".join(f"{o}:{m}" for o, m in broken)}' if broken else ''))
+
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
