@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.s2 = 1.0                    # Eq. 9 diversity scale (paper default)
   c.cfg_scale = 2.0             # Eq. 5 scale, used when guidance='cfg'
   c.uc2_concat_scale = 4.0      # original quirk: uc2 branch sees 4 * input latent; 1.0 switches it off
-  c.sample_steps = 50           # DDIM steps
+  c.sample_steps = 50           # DDIM steps (the original's schedule runs counts dividing 1000: ..., 25, 40, 50, 100)
+  c.ddim_spacing = 'uniform'    # 'uniform': the original's timesteps; 'uniform_exact': any count in [1, 999]
   c.eta = 1.0                   # DDIM eta (the original samples with eta = 1)
   c.latent = 'sample'           # input latent: 'sample' (posterior draw, original) or 'mode'
   c.dtype = 'float32'           # UNet compute dtype: 'float32' | 'bfloat16'

@@ -36,7 +36,9 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj) -> None:
-  write_text(path, json.dumps(obj, indent=1, default=float) + '\n')
+  """Strict JSON: NaN and +-inf are refused (ValueError), since `json` would write them as the invalid tokens
+  NaN/Infinity. A caller whose values may be non-finite encodes them explicitly first."""
+  write_text(path, json.dumps(obj, indent=1, default=float, allow_nan=False) + '\n')
 
 
 def write_png(path, image_u8: np.ndarray) -> None:
@@ -44,3 +46,51 @@ def write_png(path, image_u8: np.ndarray) -> None:
   buf = io.BytesIO()
   Image.fromarray(image_u8).save(buf, format='PNG')
   write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- output folders
+# A failed run leaves no empty folder: a job checks that its output folder can be made (`writable_problem`),
+# creates it only when it has something to write (write_* create parents), and a job that must create a
+# folder early (e.g. for checkpoints) removes what it created if it ends with nothing written in it.
+
+def writable_problem(folder) -> str:
+  """'' if `folder` exists and takes a file, or could be created; else why not (one line). Creates nothing
+  that is left behind: the probe file goes into the nearest existing folder and is removed."""
+  folder = pathlib.Path(folder).absolute()
+  existing = folder
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    return f'{existing} is not a folder'
+  try:
+    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    return f'{existing} is not writable ({e.strerror or e})'
+  return ''
+
+
+def missing_dirs(folder) -> list:
+  """The folders of `folder` (itself included) that do not exist yet, outermost first."""
+  missing, p = [], pathlib.Path(folder).absolute()
+  while not p.exists():
+    missing.append(p)
+    p = p.parent
+  return missing[::-1]
+
+
+def make_dirs(folder) -> list:
+  """os.makedirs(folder, exist_ok=True), returning the folders it created, outermost first."""
+  created = missing_dirs(folder)
+  pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+  return created
+
+
+def remove_empty_dirs(created) -> None:
+  """Removes folders that make_dirs created (innermost first) as long as they are empty."""
+  for d in reversed(list(created)):
+    try:
+      os.rmdir(d)
+    except OSError:
+      return

@@ -4,28 +4,18 @@
   python -m hv_jax.sample --config=configs/gso.py --config.input=gso-eval --config.checkpoint=checkpoints/syncdreamer
 
 Every config field can be overridden (`--config.s1=1.5`, `--config.sample_num=8`). The logic lives in
-`hv_jax.sampling.pipeline.run`; this file only parses flags and turns user errors into one line.
+`hv_jax.sampling.pipeline.run`; this file only parses flags (hv_jax.cli: any mistake is one line).
 """
-import sys
+from absl import logging
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from hv_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sampling config file (configs/*.py).', lock_config=True)
+_CONFIG = cli.define_config('Sampling config file (configs/*.py).')
 
 
-def main(argv):
-  del argv
+def main(config) -> int:
   from hv_jax.sampling import pipeline
-  config = _CONFIG.value
-  if config is None:
-    print('error: pass --config=configs/gso.py (or configs/demo.py)', file=sys.stderr)
-    return 2
-  try:
-    manifests = pipeline.run(config)
-  except pipeline.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  manifests = pipeline.run(config)
   for name in manifests:
     logging.info('wrote %s/%s', config.output_dir, name)
   print(f'done: {len(manifests)} input(s) in {config.output_dir}')
@@ -34,7 +24,7 @@ def main(argv):
 
 def run_main():
   logging.set_verbosity(logging.INFO)
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, _CONFIG, 'pass --config=configs/gso.py (or configs/demo.py)')
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,9 +42,23 @@ def _outputs(d):
   return sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file()) if d.exists() else []
 
 
-def test_demo_run_writes_strips_grid_manifest_and_resumes(tmp_path):
-  c = _config(tmp_path)
-  manifests = pipeline.run(c)
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """The demo sampled once for this module: (folder holding out/bell, the run's manifests)."""
+  root = tmp_path_factory.mktemp('demo')
+  return root, pipeline.run(_config(root))
+
+
+@pytest.fixture
+def finished(tmp_path, demo_run):
+  """A private copy of the finished demo output (2 instances, 2 steps)."""
+  shutil.copytree(demo_run[0] / 'out', tmp_path / 'out')
+  return tmp_path
+
+
+def test_demo_run_writes_strips_grid_manifest_and_resumes(finished, demo_run):
+  c = _config(finished)
+  manifests = demo_run[1]
   out = pathlib.Path(c.output_dir) / 'bell'
   assert _outputs(out) == ['0.png', '1.png', 'grid.png', 'manifest.json']
   s = pipeline.tiny_model_config().image_size
@@ -52,13 +67,86 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(tmp_path):
   m = json.loads((out / 'manifest.json').read_text())
   assert m['model'].startswith('RANDOM WEIGHTS') and m['scales'] == [2.0, 1.0] and m['seed'] == c.seed
   assert manifests['bell']['sampler']['steps'] == STEPS
+  assert m['complete'] and m['instances'] == [0, 1] and m['settings']['timesteps'] == [1, 501]
+  assert m['settings']['input_sha256'] == pipeline.digest.file_sha256(DEMO / '000.png')
   first = np.asarray(Image.open(out / '1.png'))
-  # A rerun samples nothing; after losing one instance, only that one is redone, identically.
+  # A rerun samples nothing; after losing one instance, only that one is redone, identically. A truncated
+  # strip (a kill during a non-atomic copy, a full disk) is not a finished one.
   mtime0 = (out / '0.png').stat().st_mtime_ns
-  (out / '1.png').unlink()
+  data = (out / '1.png').read_bytes()
+  (out / '1.png').write_bytes(data[:len(data) // 2])
   pipeline.run(c)
   assert (out / '0.png').stat().st_mtime_ns == mtime0
   np.testing.assert_array_equal(np.asarray(Image.open(out / '1.png')), first)
+  assert json.loads((out / 'manifest.json').read_text())['complete']
+
+
+def _snapshot(d):
+  return {p: (pathlib.Path(d, p).read_bytes(), pathlib.Path(d, p).stat().st_mtime_ns) for p in _outputs(d)}
+
+
+@pytest.mark.parametrize('field,value,named', [
+    ('seed', 7, 'seed'), ('s1', 1.5, 'scales'), ('eta', 0.5, 'eta'), ('sample_steps', 4, 'sample_steps'),
+    ('elevation', 20.0, 'elevation_deg'), ('guidance', 'cfg', 'guidance'), ('latent', 'mode', 'latent'),
+    ('ddim_spacing', 'uniform_exact', None)])
+def test_rerun_with_other_settings_is_refused_and_changes_nothing(finished, field, value, named):
+  c = _config(finished, **{field: value})
+  before = _snapshot(c.output_dir)
+  if named is None:   # 'uniform_exact' gives the same two timesteps as the original for 2 steps: the same strips
+    pipeline.run(c)
+    assert _snapshot(c.output_dir) == before
+    return
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.run(c)
+  msg = str(e.value)
+  assert '\n' not in msg and 'holds instances made with other settings' in msg and named in msg
+  assert 'use another output_dir' in msg
+  assert _snapshot(c.output_dir) == before
+
+
+def test_rerun_with_another_input_image_is_refused(finished):
+  img = np.asarray(Image.open(DEMO / '000.png')).copy()
+  img[0, 0, :3] ^= 1     # one pixel of another input with the same name
+  (finished / 'bell').mkdir()
+  Image.fromarray(img).save(finished / 'bell' / '000.png')
+  c = _config(finished, input=str(finished / 'bell'))
+  before = _snapshot(c.output_dir)
+  with pytest.raises(pipeline.UserError, match=r'other settings \(input_sha256'):
+    pipeline.run(c)
+  assert _snapshot(c.output_dir) == before
+
+
+def test_rerun_that_changes_only_memory_knobs_reuses_the_strips(finished):
+  c = _config(finished, batch_view_num=8, decode_chunk=2, sample_num=1)
+  before = _snapshot(c.output_dir)
+  manifests = pipeline.run(c)
+  assert _snapshot(c.output_dir) == before and manifests['bell']['instances'] == [0, 1]
+
+
+@pytest.mark.parametrize('case', ['no_manifest', 'bad_manifest'])
+def test_strips_of_unknown_settings_are_refused(finished, case):
+  c = _config(finished)
+  manifest = pathlib.Path(c.output_dir) / 'bell' / 'manifest.json'
+  if case == 'no_manifest':
+    manifest.unlink()
+  else:
+    manifest.write_text('{"input": "bell"')
+  before = _snapshot(c.output_dir)
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.run(c)
+  assert '\n' not in str(e.value) and ('no manifest.json' in str(e.value) or 'unreadable' in str(e.value))
+  assert _snapshot(c.output_dir) == before
+
+
+def test_a_strip_changed_after_the_run_is_sampled_again(finished, caplog):
+  c = _config(finished)
+  strip = pathlib.Path(c.output_dir) / 'bell' / '0.png'
+  good = strip.read_bytes()
+  img = np.asarray(Image.open(strip)).copy()
+  img[0, 0] ^= 255
+  Image.fromarray(img).save(strip)      # a readable strip of the right size, but not the one sampled
+  pipeline.run(c)
+  assert strip.read_bytes() == good
 
 
 def _demo_sampler():
@@ -167,7 +255,59 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, needle)
   with pytest.raises(pipeline.UserError) as e:
     pipeline.run(c)
   assert needle in str(e.value) and '\n' not in str(e.value)
-  assert not os.path.exists(c.output_dir) or not _outputs(c.output_dir)
+  assert not os.path.exists(c.output_dir)      # output folders are made only when there is a file to write
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('eta', float('nan'), '--config.eta=nan: must be a finite number'),
+    ('eta', -0.5, '--config.eta=-0.5: must be >= 0'),
+    ('s1', float('inf'), '--config.s1=inf: must be a finite number'),
+    ('s2', float('nan'), '--config.s2=nan'),
+    ('cfg_scale', float('-inf'), '--config.cfg_scale=-inf'),
+    ('uc2_concat_scale', float('nan'), '--config.uc2_concat_scale=nan'),
+    ('elevation', float('nan'), 'elevation must be a finite number of degrees, got nan'),
+    ('elevation', 41.0, 'elevation must be in [-10, 40] degrees, got 41.0'),
+    ('seed', -1, '--config.seed=-1: must be in [0, 4294967295]'),
+    ('sample_num', 0, '--config.sample_num=0: must be >= 1'),
+    ('sample_steps', 7, 'nearest: 5 and 8'),
+    ('sample_steps', 3, 'reaches t=1000'),
+    ('sample_steps', 1000, 'DDIM steps must be in [1, 999]'),
+    ('batch_view_num', 5, '--config.batch_view_num=5: must divide the 16 rows'),
+    ('batch_view_num', -1, '--config.batch_view_num=-1: must be >= 0'),
+    ('decode_chunk', 3, '--config.decode_chunk=3: must divide the 16 views'),
+    ('per_device_batch', 0, '--config.per_device_batch=0: must be >= 1'),
+    ('crop_size', 0, '--config.crop_size=0'),
+    ('ddim_spacing', 'leading', 'unknown DDIM spacing'),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, field, value, needle):
+  c = _config(tmp_path, **{field: value})
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.run(c)
+  assert needle in str(e.value) and '\n' not in str(e.value), str(e.value)
+  assert not os.path.exists(c.output_dir)
+
+
+def test_a_failure_while_sampling_leaves_no_folder(tmp_path, monkeypatch):
+  def failing(*args, **kw):
+    def fn(*a):
+      raise RuntimeError('RESOURCE_EXHAUSTED: out of memory while compiling')
+    return fn
+  monkeypatch.setattr(pipeline, 'compiled_sampler', failing)
+  c = _config(tmp_path)
+  with pytest.raises(RuntimeError, match='RESOURCE_EXHAUSTED'):
+    pipeline.run(c)
+  assert not os.path.exists(c.output_dir)
+
+
+def test_exact_schedule_runs_the_count_asked_and_the_manifest_says_which(tmp_path):
+  c = _config(tmp_path, sample_steps=3, ddim_spacing='uniform_exact')
+  pipeline.validate(c)
+  sconf = pipeline.sampler_config(c)
+  assert Sampler(pipeline.tiny_model_config(), sconf).tables.num_steps == 3     # the scan runs 3 steps
+  weights = pipeline.resolve_weights(c)
+  job = pipeline.load_inputs(c)[0]
+  settings = pipeline.settings_of(c, job, weights, sconf, pipeline.scales_of(c))
+  assert settings['timesteps'] == [1, 334, 667] and settings['sample_steps'] == 3
 
 
 @pytest.mark.skipif(not P.available(), reason='needs parity fixtures')
@@ -218,3 +358,24 @@ def test_memory_knobs_keep_the_result():
   low = eps(dtype='bfloat16')
   assert low.dtype == jnp.float32
   assert float(jnp.abs(low - ref).max()) < 0.1 * scale
+
+
+def test_a_conversion_cache_of_another_checkpoint_is_never_used(tmp_path):
+  ckpt = tmp_path / 'model.ckpt'
+  ckpt.write_bytes(b'weights v1')
+  cache = tmp_path / 'model.ckpt.hv_jax'
+  cache.mkdir()
+  st = ckpt.stat()
+  record = {'ckpt': str(ckpt), 'ckpt_sha256': pipeline.digest.file_sha256(ckpt), 'ckpt_size': st.st_size,
+            'ckpt_mtime_ns': st.st_mtime_ns}
+  (cache / 'conversion.json').write_text(json.dumps({'source': record}))
+  assert pipeline.convert_cached(ckpt, None, None) == cache                 # same size and mtime
+  os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+  assert pipeline.convert_cached(ckpt, None, None) == cache                 # touched, same content
+  ckpt.write_bytes(b'weights v2')                                          # another checkpoint, same path
+  with pytest.raises(pipeline.UserError, match=r'holds the conversion of another checkpoint .*delete it, or set '
+                                               r'--config.checkpoint_cache=DIR'):
+    pipeline.convert_cached(ckpt, None, None)
+  (cache / 'conversion.json').unlink()
+  with pytest.raises(pipeline.UserError, match='no readable conversion.json'):
+    pipeline.convert_cached(ckpt, None, None)

@@ -28,8 +28,8 @@ class DDIMTables:
   sigmas_eta1: jax.Array             # [S] sigma at eta = 1 (sigma is linear in eta, so eta stays a traced scalar)
 
   @classmethod
-  def make(cls, num_steps: int) -> 'DDIMTables':
-    s = schedule.ddim_schedule(num_steps, eta=1.0)
+  def make(cls, num_steps: int, spacing: str = 'uniform') -> 'DDIMTables':
+    s = schedule.ddim_schedule(num_steps, eta=1.0, spacing=spacing)
     return cls(jnp.asarray(s.timesteps, jnp.int32), jnp.asarray(s.alphas), jnp.asarray(s.alphas_prev),
                jnp.asarray(s.sqrt_one_minus_alphas), jnp.asarray(s.sigmas))
 

@@ -3,19 +3,22 @@
 Outputs, named as the original names them so its evaluation scripts read ours:
   OUTPUT/<input name>/<k>.png     one strip per instance k: 16 views left to right (H x 16H)
   OUTPUT/<input name>/grid.png    all instances stacked (the original's {mode}_{scales}.png)
-  OUTPUT/<input name>/manifest.json  checkpoint hash, config, seeds, scales, timings
+  OUTPUT/<input name>/manifest.json  what the strips were made from (`settings`), instances, timings
 Every file is written atomically (temporary file + rename); a rerun skips finished instances, so Ctrl-C or
-a kill loses no finished output.
+a kill loses no finished output. A rerun only ever adds to a folder made with the same settings: the
+manifest is written before the folder's first strip, and a rerun whose settings (input content, weights,
+model, sampler, seed, scales, eta, elevation, crop) differ from the manifest's is refused in one line before
+any work. An instance counts as finished only if its strip decodes at the expected size (and matches the
+sha256 the manifest recorded); otherwise it is sampled again. Output folders are created when the first
+file is written, so a failed run leaves no empty folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,20 +30,20 @@ from PIL import Image
 
 from hv_jax import atomic
 from hv_jax import checkpoint as ckpt_lib
+from hv_jax import checks
+from hv_jax import digest
 from hv_jax import parallel
 from hv_jax.data import preprocess
+from hv_jax.errors import UserError
 from hv_jax.models.config import ModelConfig
-from hv_jax.sampling.sampler import Sampler, SamplerConfig, instance_keys
+from hv_jax.sampling import schedule
+from hv_jax.sampling.sampler import Sampler, SamplerConfig, input_id_of, instance_keys
 
 WEIGHTS_HELP = ('The original weights are published by the SyncDreamer authors (syncdreamer-pretrain.ckpt, '
                 'linked from the SyncDreamer / HarmonyView READMEs; the CLIP tower is OpenAI ViT-L-14.pt). '
                 'Convert once with: python -m convert.syncdreamer --ckpt syncdreamer-pretrain.ckpt '
                 '[--clip ViT-L-14.pt] --out checkpoints/syncdreamer, then pass '
                 '--config.checkpoint=checkpoints/syncdreamer (a .ckpt path is converted on first use).')
-
-
-class UserError(Exception):
-  """Bad input or environment: reported as one line, non-zero exit, nothing partial written."""
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -60,7 +63,8 @@ def strip(views_u8: np.ndarray) -> np.ndarray:
 
 def sampler_config(config) -> SamplerConfig:
   n = int(config.batch_view_num)
-  return SamplerConfig(steps=int(config.sample_steps), guidance=str(config.guidance),
+  return SamplerConfig(steps=int(config.sample_steps), ddim_spacing=str(config.get('ddim_spacing', 'uniform')),
+                       guidance=str(config.guidance),
                        uc2_concat_scale=float(config.uc2_concat_scale), latent=str(config.latent),
                        dtype=str(config.dtype), view_chunk=n, remat=bool(config.remat),
                        decode_chunk=int(config.decode_chunk))
@@ -75,44 +79,77 @@ def scales_of(config) -> List[float]:
 
 
 def validate(config) -> None:
-  if config.guidance not in ('none', 'cfg', 'harmonyview'):
-    raise UserError(f"unknown guidance mode {config.guidance!r}: use 'harmonyview' (Eq. 9), 'cfg' (Eq. 5) or 'none'")
-  if int(config.sample_num) < 1:
-    raise UserError(f'sample_num must be >= 1, got {config.sample_num}')
+  """Every setting of the sampling job, before any work: one UserError line naming the field."""
+  validate_sampling(config)
   if not config.input:
     raise UserError('no input: set --config.input=PATH (an RGBA image, a GSO-eval object folder, or a folder of them)')
   if not config.output_dir:
     raise UserError('no output folder: set --config.output_dir=DIR')
+
+
+def validate_sampling(config) -> None:
+  """The sampler's settings (shared with the study runner): finite, in range, a schedule of exactly n steps."""
+  if config.guidance not in ('none', 'cfg', 'harmonyview'):
+    raise UserError(f"unknown guidance mode {config.guidance!r}: use 'harmonyview' (Eq. 9), 'cfg' (Eq. 5) or 'none'")
+  checks.number(config, 'sample_num', lo=1, integer=True)
+  checks.number(config, 'seed', lo=0, hi=2 ** 32 - 1, integer=True)
+  checks.number(config, 'sample_steps', lo=1, integer=True)
+  for field in ('s1', 's2', 'cfg_scale', 'uc2_concat_scale'):    # any finite value: sweeps may go negative
+    checks.number(config, field)
+  checks.number(config, 'eta', lo=0, hint='DDIM eta: 0 deterministic, 1 the original')
+  # elevation: preprocess.check_elevation (finite, in the trained range) in load_inputs, before any work
+  checks.number(config, 'crop_size', lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
+  if int(config.crop_size) == 0:
+    raise UserError('--config.crop_size=0: must be -1 (keep the framing) or in [1, 256]')
+  checks.number(config, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
+  checks.number(config, 'decode_chunk', lo=1, hi=16, integer=True)
+  checks.number(config, 'per_device_batch', lo=1, integer=True)
+  if 16 % int(config.decode_chunk):
+    raise UserError(f'--config.decode_chunk={config.decode_chunk}: must divide the 16 views (1, 2, 4, 8 or 16)')
   try:
     sampler_config(config)
   except ValueError as e:
     raise UserError(str(e)) from e
 
 
+def check_view_chunk(config, rows: int) -> None:
+  """batch_view_num splits the rows (instances x 16 views) of one sampler call into equal chunks."""
+  n = int(config.batch_view_num)
+  if n and n < rows and rows % n:
+    ok = [d for d in range(1, rows + 1) if rows % d == 0]
+    raise UserError(f'--config.batch_view_num={n}: must divide the {rows} rows (instances x 16 views) of a call: '
+                    f'use one of {ok}, or 0 for all at once')
+
+
 def check_writable(output_dir: str) -> pathlib.Path:
-  out = pathlib.Path(output_dir)
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=out)
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    raise UserError(f'output folder {out} is not writable: {e.strerror or e}') from e
-  return out
+  """Tests that `output_dir` can be created and written, without creating it (nothing is left on failure)."""
+  problem = atomic.writable_problem(output_dir)
+  if problem:
+    raise UserError(f'output folder {output_dir} is not writable: {problem}')
+  return pathlib.Path(output_dir)
 
 
 # ----------------------------------------------------------------------------- weights
 
-def load_weights(config) -> Tuple[dict, ModelConfig, str]:
-  """Returns (params, model config, provenance string). `checkpoint` is an orbax dir, a .ckpt, or 'random'."""
+RANDOM_PROVENANCE = 'random-init (demo, not trained weights)'
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """Where the params come from, known before they are loaded (so reruns are checked before that cost)."""
+  source: Optional[pathlib.Path]   # the orbax checkpoint folder; None for random weights
+  model_config: ModelConfig
+  provenance: str                  # sha256 of the original .ckpt (and of the CLIP file, if one was given)
+
+
+def resolve_weights(config) -> Weights:
+  """`checkpoint` is an orbax dir, a .ckpt (converted on first use) or 'random'; reads no params."""
   wanted = model_config_from(config)
   source = str(config.checkpoint or '')
   if source == 'random':
     if wanted is None:
       raise UserError("checkpoint='random' needs an explicit model config (--config.model=tiny or a JSON path)")
-    from hv_jax.models.init import random_params
-    logging.warning('RANDOM WEIGHTS: the model is randomly initialised (demo); outputs are not HarmonyView results.')
-    return random_params(wanted, int(config.seed)), wanted, 'random-init (demo, not trained weights)'
+    return Weights(None, wanted, RANDOM_PROVENANCE)
   if not source:
     raise UserError('no checkpoint given. ' + WEIGHTS_HELP)
   path = pathlib.Path(source)
@@ -121,35 +158,82 @@ def load_weights(config) -> Tuple[dict, ModelConfig, str]:
   if path.is_file():
     path = convert_cached(path, wanted, config.checkpoint_cache or None)
   try:
-    params, stored = ckpt_lib.load(str(path), config=wanted)
+    stored = ckpt_lib.load_config(str(path))
   except ckpt_lib.CheckpointError as e:
     raise UserError(str(e)) from e
+  if wanted is not None and wanted != stored:
+    raise UserError(f'the model config does not match the checkpoint in {path.resolve()}: --config.model gives '
+                    'other dimensions than its model_config.json')
   meta = {}
-  if (path / 'conversion.json').is_file():
+  try:
     meta = json.loads((path / 'conversion.json').read_text())
-  return params, stored, meta.get('source', {}).get('ckpt_sha256', f'orbax:{path}')
+  except (OSError, ValueError):
+    pass
+  src = meta.get('source', {}) if isinstance(meta, dict) else {}
+  provenance = src.get('ckpt_sha256') or f'orbax:{path.resolve()} (no conversion record)'
+  if src.get('clip_sha256'):
+    provenance += f"+clip:{src['clip_sha256']}"
+  return Weights(path, stored, provenance)
+
+
+def load_params(weights: Weights, seed: int):
+  """The params of resolved weights (random ones from `seed`)."""
+  if weights.source is None:
+    from hv_jax.models.init import random_params
+    logging.warning('RANDOM WEIGHTS: the model is randomly initialised (demo); outputs are not HarmonyView results.')
+    return random_params(weights.model_config, int(seed))
+  try:
+    params, _ = ckpt_lib.load(str(weights.source), config=weights.model_config)
+  except ckpt_lib.CheckpointError as e:
+    raise UserError(str(e)) from e
+  return params
+
+
+def load_weights(config) -> Tuple[dict, ModelConfig, str]:
+  """Returns (params, model config, provenance string)."""
+  weights = resolve_weights(config)
+  return load_params(weights, int(config.seed)), weights.model_config, weights.provenance
 
 
 def convert_cached(ckpt: pathlib.Path, config: Optional[ModelConfig], cache: Optional[str]) -> pathlib.Path:
-  """A .ckpt is converted once into `cache` (default: <ckpt>.hv_jax beside it) and reused."""
+  """A .ckpt is converted once into `cache` (default: <ckpt>.hv_jax beside it) and reused.
+
+  The conversion runs in a child process (convert.syncdreamer.run_in_child): the torch state dict and the
+  converted numpy arrays live and die there, so converting on first use does not raise the sampler's peak
+  memory. Its errors come back as one line phrased for the sampler; nothing is left at `cache` (nor any
+  folder created for it) when it fails.
+  """
   out = pathlib.Path(cache) if cache else ckpt.with_name(ckpt.name + '.hv_jax')
-  if (out / 'model_config.json').is_file():
-    return out
+  if out.exists():
+    return checked_cache(out, ckpt)
   from convert import syncdreamer
-  logging.info('converting %s -> %s (first use)', ckpt, out)
-  cfg_path = None
-  if config is not None:
-    fd, cfg_path = tempfile.mkstemp(suffix='.json')
-    with os.fdopen(fd, 'w') as f:
-      f.write(config.to_json())
+  logging.info('converting %s -> %s (first use, in a child process)', ckpt, out)
   try:
-    syncdreamer.run(str(ckpt), str(out), model_config=cfg_path)
+    syncdreamer.run_in_child(str(ckpt), str(out), model_config=config, caller='sampler')
   except syncdreamer.ConversionError as e:
+    if (out / 'model_config.json').is_file():
+      return checked_cache(out, ckpt)     # another process converted it meanwhile
     raise UserError(str(e).splitlines()[0]) from e
-  finally:
-    if cfg_path:
-      os.unlink(cfg_path)
   return out
+
+
+def checked_cache(out: pathlib.Path, ckpt: pathlib.Path) -> pathlib.Path:
+  """`out` if it is the conversion of `ckpt` (the same size and mtime as recorded, else the same sha256);
+  otherwise UserError: a cache of another checkpoint is never used."""
+  try:
+    src = json.loads((out / 'conversion.json').read_text())['source']
+    recorded = src['ckpt_sha256']
+  except (OSError, ValueError, KeyError, TypeError):
+    raise UserError(f'{out} is not a conversion of {ckpt} (no readable conversion.json): delete it, or set '
+                    '--config.checkpoint_cache=DIR to convert into another folder') from None
+  st = ckpt.stat()
+  if (src.get('ckpt_size'), src.get('ckpt_mtime_ns')) == (st.st_size, st.st_mtime_ns):
+    return out
+  if digest.file_sha256(ckpt) == recorded:
+    logging.info('%s: the checkpoint file was touched since its conversion, same content: reusing it', out)
+    return out
+  raise UserError(f'{out} holds the conversion of another checkpoint ({src.get("ckpt", "?")}, sha256 '
+                  f'{recorded[:12]}..., not {ckpt}): delete it, or set --config.checkpoint_cache=DIR')
 
 
 def model_config_from(config) -> Optional[ModelConfig]:
@@ -187,7 +271,8 @@ class Job:
   name: str
   image: np.ndarray      # [S, S, 3] in [-1, 1]
   elevation: float       # radians
-  input_id: int
+  input_id: int          # input_id_of(name)
+  sha256: str = ''       # of the input image file
 
 
 def load_inputs(config) -> List[Job]:
@@ -195,8 +280,9 @@ def load_inputs(config) -> List[Job]:
   try:
     found = preprocess.find_inputs(config.input)
     elevation = preprocess.check_elevation(float(config.elevation))
-    return [Job(name, preprocess.prepare_image(preprocess.load_rgba(path), int(config.crop_size), 256), elevation, i)
-            for i, (name, path) in enumerate(found)]
+    return [Job(name, preprocess.prepare_image(preprocess.load_rgba(path), int(config.crop_size), 256), elevation,
+                input_id_of(name), digest.file_sha256(path))
+            for name, path in found]
   except preprocess.InputError as e:
     raise UserError(str(e)) from e
 
@@ -210,41 +296,140 @@ def resize_inputs(jobs: List[Job], image_size: int) -> None:
     j.image = np.asarray(pil.resize((image_size, image_size), Image.BICUBIC), np.float32) / 127.5 - 1
 
 
-def instance_done(out: pathlib.Path, job: Job, k: int) -> bool:
-  return (out / job.name / f'{k}.png').is_file()
+# ----------------------------------------------------------------------------- what is on disk
 
+MANIFEST = 'manifest.json'
+# Settings that change no pixel (memory and speed knobs) are not in `settings_of`: a rerun may change them.
+
+
+def settings_of(config, job: Job, weights: Weights, sconf: SamplerConfig, scales: Sequence[float]) -> dict:
+  """Everything an input's strips depend on; a rerun into the same folder must give the same, key by key."""
+  settings = {
+      'input_sha256': job.sha256, 'input_id': job.input_id, 'checkpoint': weights.provenance,
+      'model_config': weights.model_config.to_dict(), 'guidance': sconf.guidance, 'scales': list(scales),
+      'sample_steps': sconf.steps,     # the timesteps, not the spacing's name: equal schedules are the same
+      'timesteps': [int(t) for t in schedule.ddim_timesteps(sconf.steps, sconf.ddim_spacing)],
+      'eta': float(config.eta), 'seed': int(config.seed), 'latent': sconf.latent, 'dtype': sconf.dtype,
+      'elevation_deg': float(config.elevation), 'crop_size': int(config.crop_size),
+      'image_size': weights.model_config.image_size}
+  if sconf.guidance == 'harmonyview':
+    settings['uc2_concat_scale'] = sconf.uc2_concat_scale
+  return json.loads(json.dumps(settings, allow_nan=False))    # as manifest.json stores it (tuples -> lists)
+
+
+def read_manifest(folder: pathlib.Path) -> Optional[dict]:
+  path = folder / MANIFEST
+  if not path.exists():
+    return None
+  try:
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict) or not isinstance(manifest.get('settings'), dict):
+      raise ValueError('no settings in it')
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path} is unreadable or not an hv_jax manifest ({e}): use another output_dir, or delete '
+                    f'{folder} to sample it again') from e
+  return manifest
+
+
+def strip_problem(path: pathlib.Path, size: int, sha256: Optional[str]) -> str:
+  """Why `path` is not a finished strip ('' if it is): missing, unreadable, wrong size or changed since written."""
+  if not path.is_file():
+    return 'missing'
+  if sha256:
+    return '' if digest.file_sha256(path) == sha256 else 'changed since it was written (sha256 differs from the manifest)'
+  try:
+    with Image.open(path) as img:
+      img.load()
+      got = img.size
+  except Exception as e:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ... for truncated files)
+    return f'unreadable ({type(e).__name__}: {e}; truncated?)'
+  return '' if got == (16 * size, size) else f'{got[0]}x{got[1]} instead of {16 * size}x{size}'
+
+
+def instances_to_sample(folder: pathlib.Path, settings: dict, sample_num: int) -> List[int]:
+  """The instances of one input still to sample; UserError if the folder holds work of other settings."""
+  if not folder.is_dir():
+    return list(range(sample_num))
+  strips = stored_instances(folder)
+  manifest = read_manifest(folder)
+  if manifest is None:
+    if strips:
+      raise UserError(f'{folder} holds strips but no {MANIFEST}, so their settings are unknown: use another '
+                      f'output_dir, or delete {folder} to sample it again')
+    return list(range(sample_num))
+  old = manifest['settings']
+  diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+  if diff:
+    show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
+    k = diff[0]
+    raise UserError(f'{folder} holds instances made with other settings ({", ".join(diff)}; e.g. {k}: '
+                    f'{show(old.get(k))} there, {show(settings.get(k))} now): use another output_dir, or delete '
+                    f'{folder} to sample it again')
+  hashes = manifest.get('strips_sha256', {}) if manifest.get('complete') else {}
+  todo = []
+  for k in sorted(set(range(sample_num)) | set(strips)):
+    problem = strip_problem(folder / f'{k}.png', settings['image_size'], hashes.get(str(k)))
+    if problem:
+      if problem != 'missing':
+        logging.warning('%s/%d.png is %s: sampling it again', folder, k, problem)
+      todo.append(k)
+  return todo
+
+
+def stored_instances(folder: pathlib.Path) -> List[int]:
+  return sorted(int(p.stem) for p in folder.glob('*.png') if p.stem.isdigit() and p.name == f'{int(p.stem)}.png')
+
+
+def manifest_of(config, job: Job, settings: dict, weights: Weights, sconf: SamplerConfig, **extra) -> dict:
+  random_model = weights.provenance == RANDOM_PROVENANCE
+  return {
+      'input': job.name, 'settings': settings, **extra,
+      'model': 'RANDOM WEIGHTS (demo): not HarmonyView results' if random_model else 'SyncDreamer',
+      'checkpoint_sha256': weights.provenance, 'sampler': dataclasses.asdict(sconf),
+      'seed': settings['seed'], 'input_id': job.input_id, 'scales': settings['scales'], 'eta': settings['eta'],
+      'elevation_deg': settings['elevation_deg'],
+      'instance_keys': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(input name)), instance_id)',
+      'config': json.loads(config.to_json_best_effort()),
+      'devices': [str(d) for d in jax.local_devices()], 'jax': jax.__version__}
+
+
+# ----------------------------------------------------------------------------- the run
 
 def run(config) -> Dict[str, dict]:
-  """Runs the sampling job; returns {input name: manifest}."""
+  """Runs the sampling job; returns {input name: manifest} of the inputs whose instances are all on disk."""
   validate(config)
   parallel.initialize_distributed(bool(config.distributed))
   jobs = load_inputs(config)
-  created = not os.path.exists(config.output_dir)
   out = check_writable(config.output_dir)
-  try:
-    params, model_config, ckpt_hash = load_weights(config)
-  except UserError:
-    if created and not any(out.iterdir()):
-      out.rmdir()          # leave nothing behind
-    raise
-  resize_inputs(jobs, model_config.image_size)
-  sconf = sampler_config(config)
-  scales = scales_of(config)
-  units = [(j, k) for j in jobs for k in range(int(config.sample_num)) if not instance_done(out, j, k)]
-  units = parallel.process_share(units)
   mesh = parallel.make_mesh()
   ndev = mesh.devices.size
-  batch = max(1, int(config.per_device_batch)) * ndev
-  params = jax.device_put(params, parallel.replicated(mesh))
-  logging.info('%d devices (%s), %d processes; %d instances to sample, %d per call', ndev,
-               jax.devices()[0].platform, jax.process_count(), len(units), batch)
-
-  fn = compiled_sampler(model_config, sconf, tuple(mesh.devices.flat), bool(config.progress))
+  batch = int(config.per_device_batch) * ndev
+  check_view_chunk(config, batch * 16)
+  weights = resolve_weights(config)
+  sconf = sampler_config(config)
+  scales = scales_of(config)
+  settings = {j.name: settings_of(config, j, weights, sconf, scales) for j in jobs}
+  todo = {j.name: instances_to_sample(out / j.name, settings[j.name], int(config.sample_num)) for j in jobs}
+  units = parallel.process_share([(j, k) for j in jobs for k in todo[j.name]])
   timings = {'compile_and_first_batch_s': None, 'batches_s': []}
+  sampled = set()
+  if units:
+    params = jax.device_put(load_params(weights, int(config.seed)), parallel.replicated(mesh))
+    resize_inputs(jobs, weights.model_config.image_size)
+    logging.info('%d devices (%s), %d processes; %d instances to sample, %d per call', ndev,
+                 jax.devices()[0].platform, jax.process_count(), len(units), batch)
+    sampled = sample_units(config, units, params, weights, sconf, scales, settings, mesh, batch, out, timings)
+  return write_summaries(config, out, jobs, settings, weights, sconf, timings, sampled)
+
+
+def sample_units(config, units, params, weights, sconf, scales, settings, mesh, batch, out, timings) -> set:
+  """Samples (job, instance) units in batches and writes their strips; returns the names of the inputs touched."""
+  fn = compiled_sampler(weights.model_config, sconf, tuple(mesh.devices.flat), bool(config.progress))
   from tqdm import tqdm
   bar = tqdm(total=len(units), desc='instances', unit='inst', disable=not config.progress, file=sys.stderr)
   _STEPS['bar'] = tqdm(total=sconf.steps, desc='DDIM steps', unit='step', position=1, leave=False,
                        disable=not config.progress, file=sys.stderr)
+  pending = set()    # inputs whose manifest this run has (re)written before their first new strip
   for start in range(0, len(units), batch):
     chunk = units[start:start + batch]
     keys = instance_keys(int(config.seed), [j.input_id for j, _ in chunk], [k for _, k in chunk])
@@ -262,11 +447,15 @@ def run(config) -> Dict[str, dict]:
       timings['batches_s'].append(dt)
     _STEPS['bar'].reset()
     for (job, k), v in zip(chunk, views):
+      if job.name not in pending:   # the manifest (settings, complete=False) goes before the folder's new strips
+        atomic.write_json(out / job.name / MANIFEST,
+                          manifest_of(config, job, settings[job.name], weights, sconf, complete=False))
+        pending.add(job.name)
       atomic.write_png(out / job.name / f'{k}.png', strip(to_uint8(v)))
     bar.update(len(chunk))
   _STEPS['bar'].close()
   bar.close()
-  return write_summaries(config, out, jobs, ckpt_hash, model_config, sconf, scales, timings)
+  return pending
 
 
 _STEPS = {'bar': None}
@@ -297,24 +486,26 @@ def _step_progress(step):
     bar.update(int(step) + 1 - bar.n)
 
 
-def write_summaries(config, out, jobs, ckpt_hash, model_config, sconf, scales, timings):
+def write_summaries(config, out, jobs, settings, weights, sconf, timings, sampled):
+  """grid.png and the complete manifest (with every strip's sha256) of each input whose strips are all there;
+  an input this run did not touch keeps its complete manifest (and its timings) as they are."""
   manifests = {}
   for job in jobs:
-    paths = [out / job.name / f'{k}.png' for k in range(int(config.sample_num))]
+    folder = out / job.name
+    instances = sorted(set(range(int(config.sample_num))) |
+                       (set(stored_instances(folder)) if folder.is_dir() else set()))
+    paths = [folder / f'{k}.png' for k in instances]
     if not all(p.is_file() for p in paths):
       continue  # another process (or a later run) finishes this input
-    strips = [np.asarray(Image.open(p)) for p in paths]
-    atomic.write_png(out / job.name / 'grid.png', np.concatenate(strips, 0))
-    manifest = {
-        'input': job.name, 'checkpoint_sha256': ckpt_hash,
-        'model': 'RANDOM WEIGHTS (demo): not HarmonyView results' if ckpt_hash.startswith('random') else 'SyncDreamer',
-        'model_config': model_config.to_dict(), 'sampler': dataclasses.asdict(sconf),
-        'config': json.loads(config.to_json_best_effort()),
-        'seed': int(config.seed), 'input_id': job.input_id, 'instances': list(range(int(config.sample_num))),
-        'instance_keys': 'fold_in(fold_in(PRNGKey(seed), input_id), instance_id)',
-        'scales': scales, 'eta': float(config.eta), 'elevation_deg': float(config.elevation),
-        'timings': timings, 'devices': [str(d) for d in jax.local_devices()], 'jax': jax.__version__,
-    }
-    atomic.write_bytes(out / job.name / 'manifest.json', json.dumps(manifest, indent=1).encode())
+    existing = read_manifest(folder)
+    if job.name not in sampled and existing and existing.get('complete') and existing.get('instances') == instances:
+      manifests[job.name] = existing
+      continue
+    strips = [np.asarray(Image.open(p).convert('RGB')) for p in paths]
+    atomic.write_png(folder / 'grid.png', np.concatenate(strips, 0))
+    manifest = manifest_of(config, job, settings[job.name], weights, sconf, complete=True, instances=instances,
+                           strips_sha256={str(k): digest.file_sha256(p) for k, p in zip(instances, paths)},
+                           timings=timings)
+    atomic.write_json(folder / MANIFEST, manifest)
     manifests[job.name] = manifest
   return manifests

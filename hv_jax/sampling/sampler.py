@@ -4,8 +4,9 @@ Pure functions of (params, inputs, keys, scales, eta). Shapes: B instances, N = 
 channels-last [B, N, h, w, 4]; inside the UNet the views are folded into rows (M = B*N) and the guidance
 branches are one `vmap` (see `guidance.py`), so a step is ONE batched network evaluation.
 
-Randomness (per instance, independent of batch composition and device count):
+Randomness (per instance, independent of batch composition, device count and the other inputs of a run):
   key_i = fold_in(fold_in(PRNGKey(seed), input_id), instance_id)          (`instance_keys`)
+  input_id = CRC-32 of the input's name                                   (`input_id_of`)
   posterior draw of the input latent: normal(fold_in(key_i, 0))
   x_T:                                normal(fold_in(key_i, 1))
   noise of loop step s (s = 0 first):  normal(fold_in(fold_in(key_i, 2), s))
@@ -13,14 +14,15 @@ Randomness (per instance, independent of batch composition and device count):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+import zlib
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from hv_jax.models.config import ModelConfig
 from hv_jax.models.syncdreamer import SyncDreamer
-from hv_jax.sampling import guidance
+from hv_jax.sampling import guidance, schedule
 from hv_jax.sampling.ddim import DDIMTables, ddim_update
 
 _POSTERIOR, _X_T, _STEPS = 0, 1, 2
@@ -31,6 +33,7 @@ class SamplerConfig:
   """Static sampler settings (anything that changes shapes or the traced program). Scales, eta and seeds are
   NOT here: they are traced arrays, so sweeping them never recompiles."""
   steps: int = 50
+  ddim_spacing: str = 'uniform'        # 'uniform' (the original's; step counts dividing 1000) | 'uniform_exact'
   guidance: str = 'harmonyview'        # 'none' | 'cfg' | 'harmonyview'
   uc2_concat_scale: float = 4.0        # original quirk: uc2 sees 4 * x_input (guidance.py); 1.0 = unscaled
   latent: str = 'sample'               # input latent: 'sample' (posterior draw, the original) or 'mode'
@@ -46,12 +49,21 @@ class SamplerConfig:
       raise ValueError(f"latent must be 'sample' or 'mode', got {self.latent!r}")
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-    if self.steps < 1:
-      raise ValueError(f'steps must be >= 1, got {self.steps}')
+    schedule.ddim_timesteps(self.steps, self.ddim_spacing)     # ScheduleError (one line) if not exactly `steps`
+    if self.view_chunk < 0:
+      raise ValueError(f'view_chunk must be >= 0 (0 = all rows at once), got {self.view_chunk}')
+    if self.decode_chunk < 1:
+      raise ValueError(f'decode_chunk must be >= 1, got {self.decode_chunk}')
 
   @property
   def num_scales(self) -> int:
     return {'none': 1, 'cfg': 1, 'harmonyview': 2}[self.guidance]
+
+
+def input_id_of(name: str) -> int:
+  """An input's id: the CRC-32 of its name, so an input keeps its noise when other inputs are added or removed
+  (an index in the input list would shift). Only a PRNG fold-in: a collision merely shares noise."""
+  return zlib.crc32(name.encode('utf-8'))
 
 
 def instance_keys(seed: int, input_ids, instance_ids):
@@ -78,7 +90,7 @@ class Sampler:
     self.config = config
     dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
     self.model = SyncDreamer(model_config, dtype=dtype, remat=config.remat)
-    self.tables = DDIMTables.make(config.steps)
+    self.tables = DDIMTables.make(config.steps, config.ddim_spacing)
 
   def _apply(self, params, method, *args):
     return self.model.apply({'params': params}, *args, method=method)

@@ -35,21 +35,62 @@ def alphas_cumprod() -> np.ndarray:
   return np.cumprod(a.astype(np.float64)).astype(np.float32)
 
 
+SPACINGS = ('uniform', 'uniform_exact')
+
+
+class ScheduleError(ValueError):
+  """A step count the chosen spacing cannot run exactly (one line: the nearest counts that work)."""
+
+
+def ddim_timesteps(num_steps: int, spacing: str = 'uniform') -> np.ndarray:
+  """The ascending DDIM timesteps, exactly `num_steps` of them in [1, 999], or ScheduleError.
+
+  'uniform' is the original's (SyncDDIMSampler._make_schedule, ddim_discretize='uniform'):
+  range(0, 1000, 1000 // n) + 1. It gives n timesteps only when n divides 1000 (1, 2, 4, 5, 8, 10, 20, 25, 40,
+  50, ...); for other n the original runs more steps than asked (7 -> 8) or indexes t = 1000 and crashes (3),
+  so those counts are refused here. 'uniform_exact' is floor(i * 1000 / n) + 1, i < n: exactly n evenly spaced
+  steps for any n in [1, 999], equal to 'uniform' wherever n divides 1000.
+  """
+  n = int(num_steps)
+  if spacing not in SPACINGS:
+    raise ScheduleError(f'unknown DDIM spacing {spacing!r}; expected one of {SPACINGS}')
+  if not 1 <= n < NUM_TIMESTEPS:
+    raise ScheduleError(f'DDIM steps must be in [1, {NUM_TIMESTEPS - 1}] (timesteps 1..{NUM_TIMESTEPS - 1} '
+                        f'of the {NUM_TIMESTEPS}-step schedule), got {n}')
+  if spacing == 'uniform_exact':
+    return np.arange(n, dtype=np.int64) * NUM_TIMESTEPS // n + 1
+  ts = np.arange(0, NUM_TIMESTEPS, NUM_TIMESTEPS // n, dtype=np.int64) + 1
+  if len(ts) != n or ts[-1] >= NUM_TIMESTEPS:
+    ok = exact_uniform_counts()
+    lower, higher = max(c for c in ok if c < n), min((c for c in ok if c > n), default=None)
+    what = (f'reaches t={ts[-1]}, beyond the {NUM_TIMESTEPS}-step schedule' if ts[-1] >= NUM_TIMESTEPS
+            else f'gives {len(ts)} timesteps')
+    nearest = f'{lower} and {higher}' if higher else f'{lower}'
+    raise ScheduleError(f'{n} DDIM steps: the original schedule range(0, {NUM_TIMESTEPS}, {NUM_TIMESTEPS // n}) + 1 '
+                        f'{what}; it runs exactly n steps only for n dividing {NUM_TIMESTEPS} (nearest: {nearest}); '
+                        f"set ddim_spacing='uniform_exact' for exactly {n} evenly spaced steps")
+  return ts
+
+
+def exact_uniform_counts() -> list:
+  """The step counts that the original 'uniform' schedule runs exactly: the divisors of 1000 below 1000."""
+  return [n for n in range(1, NUM_TIMESTEPS) if NUM_TIMESTEPS % n == 0]
+
+
 @dataclasses.dataclass(frozen=True)
 class DDIMSchedule:
-  timesteps: np.ndarray        # [S] int, ascending: range(0, 1000, 1000 // S) + 1
+  timesteps: np.ndarray        # [S] int, ascending (ddim_timesteps)
   alphas: np.ndarray           # [S] float32, abar at the timesteps
   alphas_prev: np.ndarray      # [S]
   sigmas: np.ndarray           # [S]
   sqrt_one_minus_alphas: np.ndarray  # [S]
 
 
-def ddim_schedule(num_steps: int, eta: float = 1.0, abar: np.ndarray | None = None) -> DDIMSchedule:
-  """SyncDDIMSampler._make_schedule('uniform'): sigma in float64 from the float32 abar, stored float32."""
-  if not 1 <= num_steps <= NUM_TIMESTEPS:
-    raise ValueError(f'DDIM steps must be in [1, {NUM_TIMESTEPS}], got {num_steps}')
+def ddim_schedule(num_steps: int, eta: float = 1.0, abar: np.ndarray | None = None,
+                  spacing: str = 'uniform') -> DDIMSchedule:
+  """SyncDDIMSampler._make_schedule: sigma in float64 from the float32 abar, stored float32."""
   abar = alphas_cumprod() if abar is None else abar
-  ts = np.arange(0, NUM_TIMESTEPS, NUM_TIMESTEPS // num_steps) + 1
+  ts = ddim_timesteps(num_steps, spacing)
   a = abar[ts].astype(np.float64)
   a_prev = np.concatenate([abar[:1], abar[ts[:-1]]]).astype(np.float32)
   sig = eta * np.sqrt((1 - a_prev.astype(np.float64)) / (1 - a) * (1 - a / a_prev.astype(np.float64)))

@@ -1,0 +1,46 @@
+"""Config-file CLIs: a mistake in the flags or the config file is one `error:` line and exit code 2."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import parity as P
+
+CLIS = {   # module, its config, a float field of that config, a misspelt field and the field meant
+    'sample': ('hv_jax.sample', 'configs/demo.py', 'eta', 'sample_nm', 'sample_num'),
+    'diversity': ('experiments.diversity', 'experiments/configs/demo_sweep.py', 'eta', 'sweep.none_', 'none'),
+    'reconstruct': ('hv_jax.reconstruct', 'configs/neus_fast.py', 'train.base_lr', 'mesh_resolutoin',
+                    'mesh_resolution'),
+}
+
+
+def _run(module, *args, tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(P.ROOT), JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True, cwd=P.ROOT, env=env,
+                     timeout=300)
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert 'Traceback' not in r.stderr, r.stderr[-2000:]
+  return r.returncode, errors
+
+
+@pytest.mark.parametrize('cli', sorted(CLIS))
+def test_config_mistakes_are_one_line(cli, tmp_path):
+  module, config, float_field, typo, meant = CLIS[cli]
+  out = f'--config.output_dir={tmp_path / "out"}'
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config():\n  raise ValueError("no such sweep")\n')
+  cases = [
+      ([f'--config={tmp_path / "missing.py"}', out], f'error: config file {tmp_path / "missing.py"} not found'),
+      ([f'--config={broken}', out], f'error: cannot load config file {broken}: ValueError: no such sweep'),
+      ([f'--config={config}', f'--config.{typo}=3', out],
+       f"error: --config.{typo}: the config has no field '{typo.split('.')[-1]}'; did you mean "
+       f"--config.{typo.rpartition('.')[0] + '.' if '.' in typo else ''}{meant}?"),
+      ([f'--config={config}', f'--config.{float_field}=abc', out], f'error: flag --config.{float_field}=abc'),
+      ([f'--config={config}', f'--config.{float_field}=nan', out], f'error: --config.{float_field}=nan: must be a finite'),
+      ([out], 'error: pass --config='),
+  ]
+  for args, want in cases:
+    code, errors = _run(module, *args, tmp_path=tmp_path)
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(want), (args, errors)
+  assert not (tmp_path / 'out').exists()
