@@ -32,7 +32,6 @@ import os
 import pathlib
 import sys
 import time
-import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -41,11 +40,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from hv_jax import atomic, parallel
+from hv_jax import atomic, checks, digest, parallel
 from hv_jax.data import preprocess
 from hv_jax.sampling import pipeline
 from hv_jax.sampling.pipeline import UserError
-from hv_jax.sampling.sampler import instance_keys
+from hv_jax.sampling.sampler import input_id_of, instance_keys
 
 from experiments import store as store_lib
 
@@ -116,8 +115,8 @@ def load_records(config) -> List[dict]:
   from experiments import data
   d = config.data
   try:
-    if d.source == 'gso':
-      records = data.gso_eval.load_gso(d.path, data_dir=d.tfds_dir or None)
+    if d.source == 'gso':   # the prepared TFDS build lives in the study folder unless data.tfds_dir says where
+      records = data.gso_eval.load_gso(d.path, data_dir=d.tfds_dir or os.path.join(config.output_dir, 'tfds'))
     elif d.source == 'images':
       records = data.images.load_folder(d.path, elevation_deg=float(config.elevation))
     else:
@@ -147,12 +146,6 @@ def gt_at(gt_rgba: np.ndarray, size: int) -> np.ndarray:
   rgb = np.round(composite_rgba(gt_rgba)).clip(0, 255).astype(np.uint8)
   rgb = resize_views(rgb, size)
   return np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], -1)
-
-
-def input_id_of(name: str) -> int:
-  """A stable id from the input's name (CRC-32): an input keeps its noise when inputs are added to a study
-  (an index in the input list would shift). Only a PRNG fold-in: a collision merely shares noise."""
-  return zlib.crc32(name.encode('utf-8'))
 
 
 def prepare_inputs(records, config, image_size: int, metric_size: int) -> List[Input]:
@@ -259,8 +252,43 @@ def identity_of(config, ckpt: str, model_config) -> dict:
               'crop_size': int(config.crop_size), 'elevation_default': float(config.elevation),
               'metric_size': int(m.size), 'ssim_border': str(m.ssim_border),
               'random_metric_weights': bool(m.random_weights), 'small_random_clip': bool(m.small_random_clip),
-              'metric_weights': {k: str(m[k]) for k in ('clip', 'lpips_vgg', 'lpips_lin', 'raft')}}
+              'metric_weights': {k: digest.weights_identity(str(m[k])) for k in ('clip', 'lpips_vgg', 'lpips_lin',
+                                                                                 'raft')}}
+  if str(config.get('ddim_spacing', 'uniform')) != 'uniform':   # absent for the original schedule, as before
+    identity['ddim_spacing'] = str(config.ddim_spacing)
   return json.loads(json.dumps(identity))   # as study.json stores it (tuples become lists)
+
+
+def input_digest(inp: Input) -> str:
+  """What an input's units depend on: its pixels, GT views and elevation."""
+  return digest.arrays_sha256([inp.raw, np.float32(inp.elevation)] + ([] if inp.gt is None else [inp.gt]))
+
+
+def check_inputs(out: pathlib.Path, inputs: Sequence[Input]) -> None:
+  """A restart may add inputs, but an input whose name has finished units must be the same input."""
+  path = out / 'study.json'
+  if not path.is_file():
+    return
+  old = json.loads(path.read_text()).get('inputs', {})
+  for inp in inputs:
+    entry = old.get(inp.name)
+    if not entry:
+      continue
+    if entry.get('sha256'):
+      same = entry['sha256'] == input_digest(inp)
+    else:   # a study.json without input digests: compare with the input views it stored
+      same = _same_image(out / entry['input_image'], inp.raw) and (
+          inp.gt is None or _same_image(out / f'inputs/{inp.name}_gt.png', np.concatenate(list(inp.gt), 1)))
+    if not same:
+      raise UserError(f'input {inp.name} differs from the one this study in {out} started with (other pixels, GT '
+                      'or elevation): use a new output_dir, or give the new input another name')
+
+
+def _same_image(path: pathlib.Path, array: np.ndarray) -> bool:
+  try:
+    return np.array_equal(np.asarray(Image.open(path)), array)
+  except OSError:
+    return False
 
 
 def check_study(out: pathlib.Path, identity: dict) -> None:
@@ -287,14 +315,15 @@ def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Inpu
   """study.json and the input views (process 0 writes them; every process computes the same content)."""
   if jax.process_index() != 0:
     return
-  entries = {}
+  old = json.loads((out / 'study.json').read_text()) if (out / 'study.json').is_file() else {}
+  entries = dict(old.get('inputs', {}))   # inputs of earlier runs keep their entries (their units stay)
   for inp in inputs:
     rel = f'inputs/{inp.name}.png'
     if not (out / rel).is_file():
       atomic.write_png(out / rel, inp.raw)
     if inp.gt is not None and not (out / f'inputs/{inp.name}_gt.png').is_file():
       atomic.write_png(out / f'inputs/{inp.name}_gt.png', np.concatenate(list(inp.gt), 1))
-    entries[inp.name] = {'input_image': rel, 'input_id': inp.input_id,
+    entries[inp.name] = {'input_image': rel, 'input_id': inp.input_id, 'sha256': input_digest(inp),
                          'gt_strip': f'inputs/{inp.name}_gt.png' if inp.gt is not None else None}
   doc = {'identity': identity, 'random_weights': random_model or bool(config.metrics.random_weights),
          'random_model': random_model, 'inputs': entries, 'settings': [s.name for s in settings],
@@ -307,21 +336,37 @@ def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Inpu
 
 # ----------------------------------------------------------------------------- the run
 
+def validate(config) -> None:
+  """Every study setting, before any work: one UserError line naming the field."""
+  pipeline.validate_sampling(config)
+  for field in ('sweep.s1', 'sweep.s2', 'sweep.cfg'):
+    checks.numbers_of(config, field)
+  checks.number(config, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')
+  checks.number(config, 'data.max_inputs', lo=0, integer=True, hint='0 = all')
+  if str(config.metrics.ssim_border) not in ('crop', 'full'):
+    raise UserError(f"--config.metrics.ssim_border={config.metrics.ssim_border!r}: use 'crop' or 'full'")
+  if not config.output_dir:
+    raise UserError('no output folder: set --config.output_dir=DIR')
+
+
 def run(config) -> dict:
   """Runs (or resumes) the study; returns counts {'units', 'done_before', 'sampled', 'metrics_only'}."""
+  validate(config)
   parallel.initialize_distributed(bool(config.distributed), str(config.coordinator_address),
                                   int(config.num_processes), int(config.process_id))
-  if int(config.sample_num) < 1:
-    raise UserError(f'sample_num must be >= 1, got {config.sample_num}')
   settings = settings_of(config.sweep)
-  out = pipeline.check_writable(config.output_dir)
+  mesh = parallel.make_mesh()
+  batch = int(config.per_device_batch) * mesh.devices.size
+  pipeline.check_view_chunk(config, batch * 16)
+  out = pipeline.check_writable(config.output_dir)     # created only when the first file is written
   params, model_config, ckpt = pipeline.load_weights(config)
   size = model_config.image_size
   metric_size = int(config.metrics.size) or size
   identity = identity_of(config, ckpt, model_config)
   check_study(out, identity)
-  inputs = prepare_inputs(load_records(config), config, size, metric_size)
   metrics = Metrics(config, metric_size)
+  inputs = prepare_inputs(load_records(config), config, size, metric_size)
+  check_inputs(out, inputs)
   write_study(out, config, identity, inputs, settings, metrics, ckpt.startswith('random'))
 
   store = store_lib.Store(out, jax.process_index())
@@ -346,17 +391,22 @@ def run(config) -> dict:
   from tqdm import tqdm
   bar = tqdm(total=len(todo), desc='units', unit='unit', disable=not config.progress, file=sys.stderr)
   # Killed after the strip was written but before its row: metrics only, no re-sampling.
-  orphans = [u for u in todo if store.strip_path(u.input.name, u.setting.name, u.instance).is_file()]
-  for u in orphans:
-    views = _read_strip(store.strip_path(u.input.name, u.setting.name, u.instance), size)
+  orphan_keys = set()
+  for u in todo:
+    path = store.strip_path(u.input.name, u.setting.name, u.instance)
+    if not path.is_file():
+      continue
+    try:
+      views = _read_strip(path, size)
+    except (OSError, UserError) as e:   # not a strip this study wrote (strips are written atomically)
+      logging.warning('%s is unusable (%s): sampling that unit again', path, str(e).splitlines()[0])
+      continue
     store.put([finish(u, views, 0.0)])
+    orphan_keys.add(u.key)
     counts['metrics_only'] += 1
     bar.update(1)
-  orphan_keys = {u.key for u in orphans}
   todo = [u for u in todo if u.key not in orphan_keys]
 
-  mesh = parallel.make_mesh()
-  batch = max(1, int(config.per_device_batch)) * mesh.devices.size
   params = jax.device_put(params, parallel.replicated(mesh))
   for mode in MODE_ORDER:
     group = [u for u in todo if u.setting.mode == mode]
@@ -393,37 +443,25 @@ def _read_strip(path: pathlib.Path, size: int) -> np.ndarray:
   from hv_jax.metrics.flow import split_strip
   img = np.asarray(Image.open(path).convert('RGB'))
   if img.shape != (size, 16 * size, 3):
-    raise UserError(f'{path}: strip is {img.shape[1]}x{img.shape[0]}, expected {16 * size}x{size}; '
-                    'delete it to re-sample that unit')
+    raise UserError(f'{path}: strip is {img.shape[1]}x{img.shape[0]}, expected {16 * size}x{size}')
   return split_strip(img)
 
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv=None) -> int:
-  from absl import app, flags
-  from ml_collections import config_flags
-  cfg_flag = config_flags.DEFINE_config_file('config', None, 'Study config (experiments/configs/*.py).',
-                                             lock_config=True)
+def main(argv=None) -> None:
+  from hv_jax import cli
+  cfg_flag = cli.define_config('Study config (experiments/configs/*.py).')
 
-  def _main(_argv):
-    config = cfg_flag.value
-    if config is None:
-      print('error: pass --config=experiments/configs/scale_sweep.py (or demo_sweep.py)', file=sys.stderr)
-      return 2
-    try:
-      counts = run(config)
-    except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      return 2
+  def _main(config) -> int:
+    counts = run(config)
     print(f"done: {counts['sampled']} units sampled, {counts['metrics_only']} finished from saved strips, "
           f"{counts['done_before']} already done (of {counts['units']}) in {config.output_dir}; "
           f'report: python -m experiments.report {config.output_dir}')
     return 0
 
   logging.set_verbosity(logging.INFO)
-  app.run(lambda a: sys.exit(_main(a)), argv=argv)
-  return 0
+  cli.run(_main, cfg_flag, 'pass --config=experiments/configs/scale_sweep.py (or demo_sweep.py)', argv)
 
 
 if __name__ == '__main__':

@@ -37,6 +37,7 @@ import numpy as np
 
 from experiments import store
 from hv_jax import atomic
+from hv_jax.errors import UserError
 from hv_jax.metrics import stats
 
 UNIT_METRICS = ('psnr', 'ssim', 'lpips', 'e_flow')   # mean ± std over units
@@ -51,10 +52,6 @@ PAPER_SETTINGS = {'HarmonyView': 'harmonyview_s1=2_s2=1', 'SyncDreamer': 'cfg_s=
 INPUT_WIDTH = 512   # the input view's thumbnail
 
 Stat = Tuple[float, float, int]   # (value, std, count)
-
-
-class UserError(Exception):
-  """Bad input: one clear line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -238,3 +238,56 @@ def test_restart_with_other_settings_is_refused(work, reference):
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error:'), r.stderr
   assert 'seed' in r.stderr
+
+
+def test_restart_with_a_changed_input_is_refused(work, reference, tmp_path):
+  import shutil
+  data = tmp_path / 'gso'
+  shutil.copytree(GSO, data)
+  img = np.asarray(Image.open(data / 'bell' / '000.png')).copy()
+  img[0, 0, :3] ^= 1                    # another 'bell': one pixel differs
+  Image.fromarray(img).save(data / 'bell' / '000.png')
+  root = tmp_path / 'study'
+  shutil.copytree(reference, root)
+  config = _config_file(work, 'reference')
+  r = subprocess.run(_cmd(config, f'--config.data.path={data}', f'--config.output_dir={root}'), cwd=P.ROOT,
+                     env=_env(work), capture_output=True, text=True, timeout=900)
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+  assert r.returncode == 2 and len(errors) == 1 and 'input bell differs from the one this study' in errors[0], r.stderr
+  assert _rows_in_shards(root) == UNITS
+
+
+def _demo_study(tmp_path, **kw):
+  from experiments.configs import demo_sweep
+  c = demo_sweep.get_config()
+  c.output_dir = str(tmp_path / 'study')
+  c.data.max_inputs, c.sample_steps, c.progress = 1, 2, False
+  for k, v in kw.items():
+    sub, _, field = k.rpartition('.')
+    (c[sub] if sub else c)[field] = v
+  return c
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('sweep.s1', (0.0, float('nan')), '--config.sweep.s1=nan: must be a finite number'),
+    ('sweep.cfg', (float('inf'),), '--config.sweep.cfg=inf'),
+    ('eta', float('nan'), '--config.eta=nan'),
+    ('metrics.size', -1, '--config.metrics.size=-1'),
+    ('sample_steps', 30, 'nearest: 25 and 40'),
+    ('batch_view_num', 5, '--config.batch_view_num=5: must divide the 64 rows'),   # 4 instances per call
+    ('metrics.names', 'cd_score,bogus', "unknown metrics ['bogus']"),   # found after the weights are loaded
+])
+def test_bad_study_settings_are_one_line_and_leave_no_folder(tmp_path, field, value, needle):
+  c = _demo_study(tmp_path, **{field: value})
+  with pytest.raises(diversity.UserError) as e:
+    diversity.run(c)
+  assert needle in str(e.value) and '\n' not in str(e.value), str(e.value)
+  assert not (tmp_path / 'study').exists()
+
+
+def test_gso_build_goes_into_the_study_folder_by_default(tmp_path):
+  c = _demo_study(tmp_path)
+  c.data.tfds_dir = ''
+  records = diversity.load_records(c)
+  assert [r['name'] for r in records] == ['bell']
+  assert (tmp_path / 'study' / 'tfds' / 'gso_eval').is_dir()

@@ -84,6 +84,25 @@ def test_gso_reuses_its_build_and_rebuilds_for_another_folder(gso_eval, manual, 
   assert [(r['name'], r['mesh_path']) for r in records] == [('bell', '')]
 
 
+def test_gso_rebuilds_when_the_views_change_under_the_same_names(gso_eval, manual, tmp_path):
+  data_dir = tmp_path / 'tfds'
+  gso_eval.load_gso(manual, data_dir)
+  img = np.asarray(Image.open(manual / 'bell' / '003.png')).copy()
+  img[10, 10] = [1, 2, 3, 255]
+  Image.fromarray(img).save(manual / 'bell' / '003.png')
+  records = gso_eval.load_gso(manual, data_dir)
+  np.testing.assert_array_equal(records[0]['gt_views'][3], img)     # the new pixels, not the cached build
+
+
+def test_gso_builder_leaves_nothing_in_the_system_temp_folder(gso_eval, manual, tmp_path, monkeypatch):
+  import tempfile
+  system_tmp = tmp_path / 'system_tmp'
+  system_tmp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(system_tmp))
+  gso_eval.load_gso(manual, tmp_path / 'tfds')
+  assert list(system_tmp.iterdir()) == []
+
+
 @pytest.mark.parametrize('case', ['missing', 'empty'])
 def test_gso_builder_needs_the_manual_dir(gso_eval, tmp_path, case):
   folder = tmp_path / 'gso-eval'

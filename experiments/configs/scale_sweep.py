@@ -19,7 +19,7 @@ def study_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = 'gso'           # 'gso': a GSO eval folder read through the TFDS builder; 'images': own images
   c.data.path = ''                # the GSO eval folder (TFDS manual_dir) or the image folder
-  c.data.tfds_dir = ''            # where TFDS writes the prepared dataset ('' = TFDS's default)
+  c.data.tfds_dir = ''            # where TFDS writes the prepared dataset ('' = OUTPUT/tfds)
   c.data.max_inputs = 0           # first N inputs by name (0 = all)
   c.sweep = ml_collections.ConfigDict()
   c.sweep.s1 = (0.0, 1.0, 2.0, 3.0)     # Eq. 9 consistency scales

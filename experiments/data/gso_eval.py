@@ -20,6 +20,7 @@ One example per object folder, split 'test', in name order:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -30,6 +31,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from experiments.data import images
+from hv_jax import digest
 from hv_jax.data import preprocess
 from hv_jax.data.preprocess import InputError
 
@@ -86,6 +88,25 @@ def object_dirs(root) -> List[Path]:
   return dirs
 
 
+def fingerprint(dirs: List[Path]) -> str:
+  """sha256 over every file the build reads (the 16 views and model.obj of each object, with their names):
+  a build is reused only for the same content, not just the same folder and object names."""
+  h = hashlib.sha256()
+  for d in dirs:
+    for f in [d / f'{i:03d}.png' for i in range(NUM_VIEWS)] + [d / MESH_FILE]:
+      if f.is_file():
+        h.update(f'{d.name}/{f.name}\0{digest.file_sha256(f)}\0'.encode())
+  return h.hexdigest()
+
+
+class _LocalInfo(tfds.core.DatasetInfo):
+  """This dataset is never on TFDS's GCS bucket: skip the lookup, which leaves an empty tmp*tfds folder in the
+  system temp folder at every builder construction (DatasetInfo.initialize_from_bucket, TFDS 4.9)."""
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 def _view(path: Path):
   """A view for the Image feature: its path (PNG bytes kept as they are) or, if not RGBA PNG, the RGBA image."""
   img = preprocess.load_rgba(path)   # InputError: unreadable, no alpha, empty alpha
@@ -123,7 +144,7 @@ camera-16.pkl. Keep the CC BY 4.0 attribution (c) 2020 Google LLC with any copy.
 
   def _info(self) -> tfds.core.DatasetInfo:
     view = tfds.features.Image(shape=(VIEW_SIZE, VIEW_SIZE, 4), dtype=np.uint8, encoding_format='png')
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self,
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
@@ -138,13 +159,13 @@ camera-16.pkl. Keep the CC BY 4.0 attribution (c) 2020 Google LLC with any copy.
         citation=_CITATION,
         license='CC BY 4.0, (c) 2020 Google LLC',
         disable_shuffling=True,   # keep the name order
-        metadata=tfds.core.MetadataDict(),   # manual_dir and objects of the build, for load_gso
+        metadata=tfds.core.MetadataDict(),   # manual_dir, objects and content fingerprint, for load_gso
     )
 
   def _split_generators(self, dl_manager):
     root = _manual_dir(dl_manager)
     dirs = object_dirs(root)
-    self.info.metadata.update(manual_dir=str(root), objects=[d.name for d in dirs])
+    self.info.metadata.update(manual_dir=str(root), objects=[d.name for d in dirs], fingerprint=fingerprint(dirs))
     return {'test': self._generate_examples(dirs)}
 
   def _generate_examples(self, dirs):
@@ -159,14 +180,15 @@ def _is_current(builder: GsoEval, root: Path, names: List[str]) -> bool:
   if not builder.is_prepared():
     return True   # nothing to compare: download_and_prepare builds it
   meta = builder.info.metadata or {}
-  return meta.get('manual_dir') == str(root) and list(meta.get('objects', ())) == names
+  return (meta.get('manual_dir') == str(root) and list(meta.get('objects', ())) == names and
+          meta.get('fingerprint') == fingerprint([root / n for n in names]))
 
 
 def load_gso(manual_dir, data_dir: Optional[str] = None) -> List[dict]:
   """Records (`experiments.data`'s format) of the GSO eval folder `manual_dir`, sorted by name.
 
   Builds the TFDS dataset into `data_dir` (TFDS's default, ~/tensorflow_datasets, when None) unless a build
-  of this same folder with the same objects is there; a build of another folder is replaced. Processes that
+  of this same folder with the same objects and file contents is there; any other build is replaced. Processes that
   share a `data_dir` (the processes of one host, or hosts on a file system with POSIX locks) take turns
   through a file lock, so the first builds and the others read its build.
   """
@@ -183,7 +205,8 @@ def _build_and_read(root: Path, names: List[str], data_dir: Optional[str]) -> Li
   builder = GsoEval(data_dir=data_dir, file_format=FILE_FORMAT)
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if not _is_current(builder, root, names):
-    logging.info('gso_eval in %s was built from another folder; rebuilding from %s', builder.data_dir, root)
+    logging.info('gso_eval in %s was built from another folder or content; rebuilding from %s', builder.data_dir,
+                 root)
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root),
                                                                              download_mode=mode))
