@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh_floor = 'none'        # 'mirror_top': cut the unseen fill below the object at -top (hv_jax.neus.mesh)
   # optional evaluation against a GT mesh (hv_jax.metrics.geometry): metrics.json gets chamfer / iou
   c.gt_mesh = ''
-  c.gt_name = ''               # object name for the GT rotation (default: the input folder's name)
+  c.gt_name = ''               # GSO-eval object name, selects the GT rotation (default: the input's folder name)
+  c.gt_rotation = ml_collections.config_dict.placeholder(float)   # degrees, for a GT mesh of another object
   return c
 
 

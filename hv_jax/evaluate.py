@@ -16,12 +16,33 @@ objects of the per-object best, average and variance over instances, next to the
 OUT/figure.png. A metric whose weights are not given is reported as unavailable with the reason; the others
 are still computed. --random_weights runs every learned metric with random weights (benchmarks, smoke tests:
 the numbers mean nothing, and every output says so).
+
+Resume: a stored OUT/objects/<object>.json is reused only when it was made from the same inputs and settings.
+Each record keeps `inputs` ({'pred:<object>/<k>.png' | 'gt:<object>/000.png' … | 'gt:<object>/model.obj' |
+'meshes:<path under --meshes>': sha256 of the file}; the GT mesh and the meshes only with --meshes) and
+`settings` (--random_weights, --ssim_border, whether --meshes was given and the GT rotation, and per learned
+metric whether it is available and the sha256 of its weight files (digest.weights_identity), or 'random';
+--flow_batch is left out: it does not change the numbers). Anything different, or a record without
+these keys (an older version), is recomputed; the log (stderr) says which objects were reused and why each
+other one is recomputed. --overwrite recomputes everything.
+
+With --meshes the GT rotation is chosen by object name (hv_jax.metrics.geometry, the 30 GSO-eval objects): an
+object with a GT model.obj whose name is not in that table is refused before any work, with the closest
+known names, unless --gt_rotation NAME=DEG names its rotation (0 if its GT mesh needs none).
+
+Non-finite numbers in the JSON files (PSNR of identical images is inf): JSON has no inf/nan, so
+OUT/objects/*.json and OUT/summary.json write them as the strings "inf", "-inf" and "nan" (Python's
+float() reads them back; `load_record` decodes a record's per-instance and per-view values). results.csv and
+table.md show them as before (inf / ∞). OUT is created when the first result is written: a run that fails
+before that leaves no folder behind.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import functools
+import json
+import math
 import os
 import re
 import sys
@@ -30,14 +51,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from hv_jax import atomic
+from hv_jax import atomic, digest
+from hv_jax.errors import UserError
 
 NUM_VIEWS = 16
 METRICS = ('psnr', 'ssim', 'lpips', 'e_flow', 'cd_score', 'chamfer', 'iou')
-
-
-class UserError(Exception):
-  """Bad input: one clear line, non-zero exit."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -200,7 +218,34 @@ def image_fn(obj, gt, pred, crop_border: bool):
   return {'psnr': np.asarray(ps), 'ssim': np.asarray(ss)}
 
 
-def _geometry_fn(meshes: str):
+def gt_rotations(spec: str) -> Dict[str, float]:
+  """--gt_rotation 'NAME=DEG,NAME=DEG' -> {name: degrees} (finite numbers only)."""
+  out = {}
+  for item in filter(None, (x.strip() for x in (spec or '').split(','))):
+    name, sep, deg = item.partition('=')
+    try:
+      value = float(deg)
+    except ValueError:
+      value = None
+    if not sep or not name or value is None or not math.isfinite(value):
+      raise UserError(f'--gt_rotation {item!r}: expected NAME=DEGREES with a finite number (e.g. mug=0)')
+    out[name] = value
+  return out
+
+
+def gt_rotation_of(obj: str, args) -> float:
+  """The GT mesh rotation of object `obj`: --gt_rotation, else the GSO-eval table (UserError if unknown)."""
+  from hv_jax.metrics import geometry
+  given = gt_rotations(getattr(args, 'gt_rotation', ''))
+  if obj in given:
+    return given[obj]
+  try:
+    return geometry.gt_rotation_angle(obj, hint=f'pass --gt_rotation {obj}=0 if its GT mesh needs no rotation')
+  except geometry.UnknownObjectError as e:
+    raise UserError(f'--meshes: {e}') from None
+
+
+def _geometry_fn(meshes: str, args=None):
   from hv_jax.metrics import geometry
 
   def fn(obj, gt_dir, n):
@@ -209,7 +254,11 @@ def _geometry_fn(meshes: str):
     if not os.path.isfile(gt_mesh) or None in paths:
       missing = gt_mesh if not os.path.isfile(gt_mesh) else f'mesh of instance {paths.index(None)}'
       return None, f'no {missing}'
-    rows = [geometry.evaluate(p, gt_mesh, obj) for p in paths]
+    rotation = gt_rotation_of(obj, args)
+    try:
+      rows = [geometry.evaluate(p, gt_mesh, obj, rotation=rotation) for p in paths]
+    except geometry.MeshError as e:
+      raise UserError(str(e)) from None
     return {'chamfer': np.array([r['chamfer'] for r in rows]), 'iou': np.array([r['iou'] for r in rows])}, ''
   return fn
 
@@ -266,7 +315,7 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
     took(name, t)
   if args.meshes:
     t = clock()
-    vals, why = _geometry_fn(args.meshes)(obj, gt_dir, n)
+    vals, why = _geometry_fn(args.meshes, args)(obj, gt_dir, n)
     if vals is None:
       record['unavailable']['geometry'] = why
     else:
@@ -308,7 +357,7 @@ def write_outputs(out_dir: str, records: List[dict], summary: dict) -> None:
   per_instance = {r['object']: {k: np.asarray(v) for k, v in r['per_instance'].items()} for r in records}
   atomic.write_text(os.path.join(out_dir, 'results.csv'),
                     '\n'.join(','.join(row) for row in stats.csv_rows(per_instance, metrics)) + '\n')
-  atomic.write_json(os.path.join(out_dir, 'summary.json'), summary)
+  atomic.write_json(os.path.join(out_dir, 'summary.json'), encode_nonfinite(summary))
   head = [f'# Evaluation of {len(records)} objects', '',
           f"SSIM border: {records[0].get('ssim_border', 'crop')} (see --ssim_border); CD score as "
           'eval_CD_score.py + gso_nvs_statistics.py (ratio of means over all instances).', '']
@@ -370,8 +419,130 @@ def objects_of(args) -> List[str]:
   return names
 
 
+# ----------------------------------------------------------------------------- stored records
+
+NON_FINITE = {'inf': float('inf'), '-inf': float('-inf'), 'nan': float('nan')}
+
+
+def encode_nonfinite(x):
+  """A copy of x with every non-finite float as the string 'inf', '-inf' or 'nan' (JSON has none of them)."""
+  if isinstance(x, dict):
+    return {k: encode_nonfinite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [encode_nonfinite(v) for v in x]
+  if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+    return 'nan' if math.isnan(x) else ('inf' if x > 0 else '-inf')
+  return x
+
+
+def _decode_numbers(x):
+  if isinstance(x, list):
+    return [_decode_numbers(v) for v in x]
+  if isinstance(x, str) and x in NON_FINITE:
+    return NON_FINITE[x]
+  return x
+
+
+def load_record(path: str) -> Optional[dict]:
+  """A stored OUT/objects/<object>.json with its per-instance and per-view values decoded (the strings
+  'inf', '-inf', 'nan' -> floats); None when the file is not a readable record."""
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(rec, dict) or not isinstance(rec.get('per_instance'), dict):
+    return None
+  for key in ('per_instance', 'per_view'):
+    rec[key] = {k: _decode_numbers(v) for k, v in rec.get(key, {}).items()}
+  return rec
+
+
+def object_inputs(obj: str, args, n: int) -> Dict[str, str]:
+  """sha256 of every file an object's numbers come from: its strips, the GT views, and with --meshes the GT
+  mesh and the instances' meshes (a missing one is absent, so its arrival changes the inputs too)."""
+  files = {f'pred:{obj}/{k}.png': os.path.join(args.pred, obj, f'{k}.png') for k in range(n)}
+  files.update({f'gt:{obj}/{k:03}.png': os.path.join(args.gt, obj, f'{k:03}.png') for k in range(NUM_VIEWS)})
+  if args.meshes:
+    files[f'gt:{obj}/model.obj'] = os.path.join(args.gt, obj, 'model.obj')
+    for k in range(n):
+      p = mesh_path(args.meshes, obj, k)
+      if p is not None:
+        files['meshes:' + os.path.relpath(p, args.meshes)] = p
+  out = {}
+  for key, path in files.items():
+    if os.path.isfile(path):
+      try:
+        out[key] = digest.file_sha256(path)
+      except OSError as e:
+        raise UserError(f'{path}: cannot read ({e.strerror or e})') from None
+  return out
+
+
+WEIGHT_ARGS = {'cd_score': ('clip', 'clip_tokenizer'), 'lpips': ('lpips_vgg', 'lpips_lin'), 'e_flow': ('raft',)}
+
+
+def run_settings(args, metric_backends: Dict[str, Backend]) -> dict:
+  """The settings that change an object's numbers (not --flow_batch, --progress, --out)."""
+  metrics = {}
+  for name, b in sorted(metric_backends.items()):
+    if b.fn is None:
+      metrics[name] = {'available': False}
+    elif b.random or args.random_weights:
+      metrics[name] = {'available': True, 'weights': 'random'}
+    else:
+      metrics[name] = {'available': True, 'weights': {a: digest.weights_identity(getattr(args, a, ''))
+                                                      for a in WEIGHT_ARGS.get(name, ())}}
+  return {'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border,
+          'meshes': bool(args.meshes), 'metrics': metrics}
+
+
+def _object_settings(obj: str, args, common: dict) -> dict:
+  out = dict(common)
+  if args.meshes and os.path.isfile(os.path.join(args.gt, obj, 'model.obj')):
+    out['gt_rotation_deg'] = gt_rotation_of(obj, args)
+  return out
+
+
+def stale_reason(rec: Optional[dict], n: int, inputs: Dict[str, str], settings: dict) -> str:
+  """'' when the stored record `rec` was made from these inputs and settings, else why it is not reusable."""
+  if rec is None:
+    return 'the stored result is not a readable record'
+  if 'inputs' not in rec or 'settings' not in rec:
+    return 'the stored result has no input hashes (made by an older version)'
+  if rec.get('instances') != n:
+    return f"the instance count changed ({rec.get('instances')} stored, {n} now)"
+  old = rec['inputs']
+  if old != inputs:
+    changed = sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
+    kinds = [(kind, [k.split(':', 1)[1] for k in changed if k.startswith(prefix)])
+             for kind, prefix in (('strips', 'pred:'), ('GT files', 'gt:'), ('meshes', 'meshes:'))]
+    return '; '.join(f'{kind} changed since the stored result ({", ".join(files[:4])}'
+                     f'{f" and {len(files) - 4} more" if len(files) > 4 else ""})' for kind, files in kinds if files)
+  if rec['settings'] != settings:
+    keys = sorted(k for k in set(rec['settings']) | set(settings) if rec['settings'].get(k) != settings.get(k))
+    if 'metrics' in keys:
+      a, b = rec['settings'].get('metrics', {}), settings.get('metrics', {})
+      keys = [k for k in keys if k != 'metrics'] + [f'{m} weights' for m in sorted(set(a) | set(b))
+                                                    if a.get(m) != b.get(m)]
+    return f'settings changed since the stored result ({", ".join(keys)})'
+  return ''
+
+
+def _write(fn, *a):
+  try:
+    fn(*a)
+  except OSError as e:
+    raise UserError(f'cannot write to --out: {e}') from None
+
+
+def _log(msg: str) -> None:
+  print(f'evaluate: {msg}', file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- CLI (run)
+
 def run(args) -> dict:
-  import json
   from tqdm import tqdm
   names = objects_of(args)
   counts = {}
@@ -383,35 +554,53 @@ def run(args) -> dict:
   if len(set(counts.values())) > 1:
     raise UserError(f'objects have different instance counts {counts}: the statistics need the same N per '
                     'object (pass --num_samples to name the expected count)')
-  try:
-    os.makedirs(os.path.join(args.out, 'objects'), exist_ok=True)
-  except OSError as e:
-    raise UserError(f'cannot write to --out {args.out}: {e}') from e
+  gt_rotations(getattr(args, 'gt_rotation', ''))   # a malformed --gt_rotation fails here
+  if args.meshes:   # every GT mesh's rotation is known before any work (an unknown name is not rotation 0)
+    for n in names:
+      if os.path.isfile(os.path.join(args.gt, n, 'model.obj')):
+        gt_rotation_of(n, args)
+  problem = atomic.writable_problem(args.out)     # --out is made when the first record is written
+  if problem:
+    raise UserError(f'cannot write to --out {args.out}: {problem}')
   metric_backends = backends(args)
-  records, evaluated = [], 0
-  bar = tqdm(names, desc='objects', unit='obj', disable=not args.progress)
-  for n in bar:
+  common = run_settings(args, metric_backends)
+  plan = []   # (object, inputs, settings, stored record or None)
+  reused, recompute = [], []
+  for n in names:
+    inputs, settings = object_inputs(n, args, counts[n]), _object_settings(n, args, common)
     path = os.path.join(args.out, 'objects', f'{n}.json')
-    if os.path.isfile(path) and not args.overwrite:
-      rec = json.load(open(path))
-      if rec.get('instances') == counts[n] and rec.get('random_weights') == bool(args.random_weights) and \
-         rec.get('ssim_border') == args.ssim_border and \
-         set(rec.get('unavailable', {})) == _unavailable_names(metric_backends, args):
-        records.append(rec)
-        continue
-    bar.set_postfix_str(n)
-    rec = evaluate_object(n, args, metric_backends, compiles=not evaluated)
-    evaluated += 1
-    atomic.write_json(path, rec)
+    rec, why = None, 'no stored result'
+    if os.path.isfile(path):
+      if args.overwrite:
+        why = '--overwrite'
+      else:
+        rec = load_record(path)
+        why = stale_reason(rec, counts[n], inputs, settings)
+        if why:
+          rec = None
+    if rec is not None:
+      reused.append(n)
+    elif why != 'no stored result':
+      recompute.append((n, why))
+    plan.append((n, inputs, settings, rec))
+  if reused:
+    shown = ', '.join(reused[:10]) + (f' and {len(reused) - 10} more' if len(reused) > 10 else '')
+    _log(f'reused {len(reused)} of {len(names)} stored objects (same strips, GT files and settings): {shown}')
+  for n, why in recompute:
+    _log(f'recomputing {n}: {why}')
+  records, evaluated = [], 0
+  bar = tqdm(plan, desc='objects', unit='obj', disable=not args.progress)
+  for n, inputs, settings, rec in bar:
+    if rec is None:
+      bar.set_postfix_str(n)
+      rec = evaluate_object(n, args, metric_backends, compiles=not evaluated)
+      rec['inputs'], rec['settings'] = inputs, settings
+      evaluated += 1
+      _write(atomic.write_json, os.path.join(args.out, 'objects', f'{n}.json'), encode_nonfinite(rec))
     records.append(rec)
   summary = summarize(records)
-  write_outputs(args.out, records, summary)
+  _write(write_outputs, args.out, records, summary)
   return summary
-
-
-def _unavailable_names(metric_backends, args) -> set:
-  names = {k for k, b in metric_backends.items() if b.fn is None}
-  return names | ({'geometry'} if not args.meshes else set())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -422,6 +611,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--objects', default='', help='comma list (default: every object folder in --pred)')
   p.add_argument('--num_samples', type=int, default=0, help='expected strips per object (0: any, but equal)')
   p.add_argument('--meshes', default='', help='folder of <object>-<k>-neus/mesh.ply (Chamfer, volume IoU)')
+  p.add_argument('--gt_rotation', default='',
+                 help='NAME=DEG[,NAME=DEG]: GT mesh rotation of objects that are not GSO-eval objects (0: none)')
   p.add_argument('--clip', default='', help='CLIP weights: Hugging Face CLIPModel folder or OpenAI ViT-L-14.pt')
   p.add_argument('--clip_tokenizer', default='', help='folder with vocab.json + merges.txt (default: --clip)')
   p.add_argument('--lpips_vgg', default='', help="torchvision VGG16 weights (vgg16-397923af.pth)")

@@ -3,30 +3,21 @@
   python -m hv_jax.reconstruct --config=configs/neus_fast.py --config.input=PATH --config.output_dir=DIR
   python -m hv_jax.reconstruct --config=configs/neus.py ...        # the original's settings (GPU-sized)
 
-Add --config.gt_mesh=model.obj (and --config.gt_name=OBJ) to get Chamfer / volume IoU in metrics.json.
-The logic lives in `hv_jax.neus.pipeline.run`; this file parses flags and turns user errors into one line.
+Add --config.gt_mesh=model.obj (and --config.gt_name=OBJ) to get Chamfer / volume IoU in metrics.json. The
+GT rotation is chosen by gt_name (default: the input folder's name, or the folder holding the input strip),
+which must be one of the 30 GSO-eval objects; for another GT mesh set --config.gt_rotation=DEG (0: none).
+The logic lives in `hv_jax.neus.pipeline.run`; this file only parses flags (hv_jax.cli: any mistake is one line).
 """
-import sys
+from absl import logging
 
-from absl import app, logging
-from ml_collections import config_flags
+from hv_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Reconstruction config (configs/neus*.py).',
-                                          lock_config=True)
+_CONFIG = cli.define_config('Reconstruction config (configs/neus*.py).')
 
 
-def main(argv):
-  del argv
+def main(config) -> int:
   from hv_jax.neus import pipeline
-  config = _CONFIG.value
-  if config is None:
-    print('error: pass --config=configs/neus_fast.py (or configs/neus.py)', file=sys.stderr)
-    return 2
-  try:
-    m = pipeline.run(config)
-  except pipeline.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  m = pipeline.run(config)
   geo = m.get('geometry')
   extra = f", chamfer {geo['chamfer']:.5f}, IoU {geo['iou']:.4f}" if geo else ''
   print(f"done: {config.output_dir}/mesh.ply ({m['mesh']['faces']} faces) in {m['seconds']['total']:.0f} s{extra}")
@@ -35,7 +26,7 @@ def main(argv):
 
 def run_main():
   logging.set_verbosity(logging.WARNING)
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, _CONFIG, 'pass --config=configs/neus_fast.py (or configs/neus.py)')
 
 
 if __name__ == '__main__':

@@ -65,7 +65,7 @@ def test_cli_outputs_and_resume(tmp_path, capsys):
   out = tmp_path / 'out'
   argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress']
   assert evaluate.main(argv) == 0
-  rec = json.load(open(out / 'objects' / 'cream.json'))
+  rec = evaluate.load_record(out / 'objects' / 'cream.json')     # PSNR inf is stored as the string 'inf'
   psnr, ssim = rec['per_instance']['psnr'], rec['per_instance']['ssim']
   assert psnr[0] == float('inf') and abs(ssim[0] - 1) < 1e-6          # GT against itself
   assert psnr[1] > psnr[2] and ssim[0] > ssim[1] > ssim[2]          # more noise, worse
@@ -106,6 +106,7 @@ def test_bad_inputs(tmp_path, capsys):
   assert 'no GT folder' in _error(['--pred', str(pred), '--objects', 'teapot'] + base, capsys)
   os.remove(pred / 'cream' / '0.png')
   assert 'without gaps' in _error(['--pred', str(pred), '--objects', 'cream'] + base, capsys)
+  assert not (tmp_path / 'out').exists()                            # nothing was written: no folder either
 
 
 def test_every_metric_wired(tmp_path):
@@ -161,3 +162,148 @@ def test_meshes_give_chamfer_and_iou(tmp_path):
   assert evaluate.main(['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress',
                         '--meshes', str(tmp_path / 'meshes'), '--overwrite']) == 0
   assert 'mesh of instance 0' in json.load(open(out / 'objects' / 'cream.json'))['unavailable']['geometry']
+
+
+# ----------------------------------------------------------------------------- reuse keyed on the inputs
+
+def _small_gt(tmp_path, names=('cream',), size=32):
+  """size x size copies of the cream views (binary alpha): fast runs of the CLI."""
+  gt = tmp_path / 'gt'
+  for n in names:
+    (gt / n).mkdir(parents=True)
+    for k in range(16):
+      rgba = np.asarray(Image.open(CREAM / f'{k:03}.png').convert('RGBA').resize((size, size), Image.BILINEAR)).copy()
+      rgba[..., 3] = np.where(rgba[..., 3] >= 128, 255, 0)
+      Image.fromarray(rgba).save(gt / n / f'{k:03}.png')
+  return gt
+
+
+def _strict_json(path):
+  """json.load that refuses NaN / Infinity (not JSON)."""
+  def refuse(c):
+    raise ValueError(f'{path}: non-JSON constant {c}')
+  return json.loads(pathlib.Path(path).read_text(), parse_constant=refuse)
+
+
+def _run(argv, capsys):
+  code = evaluate.main(argv + ['--no_progress'])
+  return code, [l for l in capsys.readouterr().err.splitlines() if l.startswith(('evaluate: ', 'error: '))]
+
+
+def test_same_inputs_are_reused_and_logged(tmp_path, capsys):
+  gt = _small_gt(tmp_path, ('cream', 'soap'))
+  for n in ('cream', 'soap'):
+    _write_preds(tmp_path / 'pred' / n, gt / n, [0., 8.])
+  out = tmp_path / 'out'
+  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out)]
+  assert _run(argv, capsys) == (0, [])
+  rec = _strict_json(out / 'objects' / 'cream.json')            # valid JSON: inf is the string 'inf'
+  assert rec['per_instance']['psnr'][0] == 'inf' and rec['per_view']['psnr'][0][0] == 'inf'
+  assert set(rec['inputs']) == {'pred:cream/0.png', 'pred:cream/1.png'} | {f'gt:cream/{k:03}.png' for k in range(16)}
+  assert rec['settings']['ssim_border'] == 'crop' and rec['settings']['metrics']['lpips'] == {'available': False}
+  assert _strict_json(out / 'summary.json')['summary']['psnr']['best'] == 'inf'
+  assert evaluate.load_record(out / 'objects' / 'cream.json')['per_instance']['psnr'][0] == float('inf')
+  assert (out / 'results.csv').read_text().splitlines()[1].startswith('cream,0,inf,')
+  before = {p.name: p.stat().st_mtime_ns for p in (out / 'objects').iterdir()}
+  code, log = _run(argv, capsys)
+  assert code == 0 and log == ['evaluate: reused 2 of 2 stored objects (same strips, GT files and settings): cream, soap']
+  assert {p.name: p.stat().st_mtime_ns for p in (out / 'objects').iterdir()} == before
+  assert '| PSNR ↑ | 2 | ∞ |' in (out / 'table.md').read_text()
+
+
+def test_changed_strips_gt_or_settings_are_recomputed_and_logged(tmp_path, capsys):
+  gt = _small_gt(tmp_path, ('cream', 'soap'))
+  for n in ('cream', 'soap'):
+    _write_preds(tmp_path / 'pred' / n, gt / n, [0., 8.])
+  out = tmp_path / 'out'
+  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out)]
+  assert _run(argv, capsys)[0] == 0
+  old = evaluate.load_record(out / 'objects' / 'cream.json')['per_instance']['psnr']
+  _write_preds(tmp_path / 'pred' / 'cream', gt / 'cream', [0., 30.], seed=1)        # strips replaced
+  code, log = _run(argv, capsys)
+  assert code == 0 and log == [
+      'evaluate: reused 1 of 2 stored objects (same strips, GT files and settings): soap',
+      'evaluate: recomputing cream: strips changed since the stored result (cream/1.png)']
+  new = evaluate.load_record(out / 'objects' / 'cream.json')['per_instance']['psnr']
+  assert new[0] == old[0] == float('inf') and new[1] < old[1]       # the new, noisier strip was evaluated
+  Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(gt / 'soap' / '003.png')
+  code, log = _run(argv, capsys)
+  assert code == 0 and log[1] == 'evaluate: recomputing soap: GT files changed since the stored result (soap/003.png)'
+  code, log = _run(argv + ['--ssim_border', 'full'], capsys)
+  assert code == 0 and log == [f'evaluate: recomputing {n}: settings changed since the stored result (ssim_border)'
+                               for n in ('cream', 'soap')]
+  rec = json.loads((out / 'objects' / 'soap.json').read_text())
+  del rec['inputs']                                                 # a record of an older version
+  (out / 'objects' / 'soap.json').write_text(json.dumps(rec))
+  code, log = _run(argv + ['--ssim_border', 'full'], capsys)
+  assert code == 0 and log[1] == ('evaluate: recomputing soap: the stored result has no input hashes '
+                                  '(made by an older version)')
+  assert 'inputs' in json.loads((out / 'objects' / 'soap.json').read_text())
+
+
+def test_failure_before_the_first_result_leaves_no_out_folder(tmp_path, capsys):
+  gt = _small_gt(tmp_path)
+  pred = tmp_path / 'pred'
+  _write_preds(pred / 'cream', gt / 'cream', [0.])
+  Image.fromarray(np.zeros((32, 256, 3), np.uint8)).save(pred / 'cream' / '0.png')     # wrong strip size
+  out = tmp_path / 'new' / 'out'
+  code, log = _run(['--pred', str(pred), '--gt', str(gt), '--out', str(out)], capsys)
+  assert code == 2 and len(log) == 1 and 'expected 512x32' in log[0], log
+  assert not (tmp_path / 'new').exists()
+  (tmp_path / 'file').write_text('x')
+  code, log = _run(['--pred', str(pred), '--gt', str(gt), '--out', str(tmp_path / 'file' / 'out')], capsys)
+  assert code == 2 and log == [f"error: cannot write to --out {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is "
+                               'not a folder']
+
+
+def test_meshes_of_an_unknown_object_name_are_refused(tmp_path, capsys):
+  """--meshes: the GT rotation comes from the object name; 'Cream' is not a GSO-eval object (a silent 0 would
+  be the original's behaviour) -> one line with the known spelling, nothing written; --gt_rotation names it."""
+  from hv_jax.metrics import geometry
+  from hv_jax.neus.mesh import write_ply
+  gt = _small_gt(tmp_path, ('Cream',))
+  shutil.copy(CREAM / 'model.obj', gt / 'Cream' / 'model.obj')
+  _write_preds(tmp_path / 'pred' / 'Cream', gt / 'Cream', [0.])
+  m = geometry.load_mesh(CREAM / 'model.obj')
+  write_ply(tmp_path / 'meshes' / 'Cream-0-neus' / 'mesh.ply', geometry.normalize_gt(m.vertices, 0.), m.faces)
+  out = tmp_path / 'out'
+  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--meshes', str(tmp_path / 'meshes')]
+  code, log = _run(argv, capsys)
+  assert code == 2 and log == ["error: --meshes: unknown object 'Cream': did you mean 'cream'? pass --gt_rotation "
+                               'Cream=0 if its GT mesh needs no rotation'], log
+  assert not out.exists()
+  code, log = _run(argv + ['--gt_rotation', 'Cream=nan'], capsys)
+  assert code == 2 and len(log) == 1 and 'finite number' in log[0] and not out.exists()
+  code, log = _run(argv + ['--gt_rotation', 'Cream=0'], capsys)
+  assert code == 0, log
+  rec = evaluate.load_record(out / 'objects' / 'Cream.json')
+  assert rec['per_instance']['chamfer'][0] < 1e-3 and rec['settings']['gt_rotation_deg'] == 0.0
+  code, log = _run(argv + ['--gt_rotation', 'Cream=90'], capsys)     # another rotation: not the stored result
+  assert code == 0 and log == ['evaluate: recomputing Cream: settings changed since the stored result '
+                               '(gt_rotation_deg)']
+  assert evaluate.load_record(out / 'objects' / 'Cream.json')['per_instance']['chamfer'][0] > 1e-3
+
+
+def test_weight_files_are_part_of_the_settings(tmp_path):
+  """A learned metric's numbers depend on its weights: the settings key holds each weight file's sha256 (a
+  replaced file is not the stored result's; a moved one is), and only 'random' with --random_weights."""
+  import argparse
+  weights = tmp_path / 'raft-things.pth'
+  weights.write_bytes(b'x' * 10)
+  args = argparse.Namespace(random_weights=False, ssim_border='crop', meshes='', raft=str(weights),
+                            clip='', clip_tokenizer='', lpips_vgg='', lpips_lin='')
+  b = {'e_flow': evaluate.Backend(fn=lambda *a: {}), 'lpips': evaluate.Backend(reason='no weights')}
+  first = evaluate.run_settings(args, b)
+  assert first['metrics']['lpips'] == {'available': False}
+  assert first['metrics']['e_flow']['weights']['raft'] == 'sha256:' + evaluate.digest.file_sha256(weights)
+  assert evaluate.run_settings(args, b) == first
+  moved = tmp_path / 'moved.pth'
+  weights.rename(moved)
+  args.raft = str(moved)
+  assert evaluate.run_settings(args, b) == first
+  moved.write_bytes(b'y' * 10)
+  assert evaluate.stale_reason({'instances': 1, 'inputs': {}, 'settings': first}, 1, {},
+                               evaluate.run_settings(args, b)) == \
+      'settings changed since the stored result (e_flow weights)'
+  args.random_weights = True
+  assert evaluate.run_settings(args, b)['metrics']['e_flow'] == {'available': True, 'weights': 'random'}

@@ -97,6 +97,42 @@ def test_cli_prints_the_original_line_and_rejects_bad_files(tmp_path):
   assert json.loads(out.read_text())['name'] == 'bell'
   (tmp_path / 'bad.obj').write_text('this is not a mesh\n')
   for bad in (str(tmp_path / 'missing.ply'), str(tmp_path / 'bad.obj')):
-    r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', '--pred', bad, '--gt', gt, '--name', 'x'],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', '--pred', bad, '--gt', gt, '--name', 'bell'],
+                       capture_output=True, text=True, env=env, cwd=ROOT)   # a known name: the file is refused
     assert r.returncode == 2 and r.stderr.startswith('error: ') and len(r.stderr.strip().splitlines()) == 1
+    assert bad in r.stderr, r.stderr
+
+
+def test_rotation_table_is_the_30_gso_eval_objects_and_unknown_names_are_refused():
+  assert len(geometry.GT_ROTATION_DEG) == 30 and geometry.GT_ROTATION_DEG['teapot'] == 0.0
+  fixtures = os.path.join(ROOT, 'tests', 'fixtures', 'gso')
+  assert {d for d in os.listdir(fixtures) if os.path.isdir(os.path.join(fixtures, d))} <= set(geometry.GT_ROTATION_DEG)
+  with pytest.raises(geometry.UnknownObjectError, match="unknown object 'Alarm': did you mean 'alarm'\\?"):
+    geometry.gt_rotation_angle('Alarm')
+  with pytest.raises(geometry.UnknownObjectError, match="did you mean 'school_bus[12]' or 'school_bus[12]'"):
+    geometry.gt_rotation_angle('school_bus')
+  with pytest.raises(geometry.UnknownObjectError, match='not one of the 30 GSO-eval objects'):
+    geometry.gt_rotation_angle('xyzzy')
+  with pytest.raises(geometry.UnknownObjectError):   # evaluate() refuses before reading any mesh
+    geometry.evaluate('missing.ply', 'missing.obj', 'Alarm')
+
+
+def test_cli_unknown_name_is_refused_unless_the_rotation_is_given(tmp_path, capsys):
+  from hv_jax import evaluate_mesh
+  pred = write(box([0.5, 0.3, 0.2]), str(tmp_path / 'pred.ply'))
+  gt = write(box([0.5, 0.3, 0.2]), str(tmp_path / 'gt.obj'))
+  out = tmp_path / 'm.json'
+  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--name', 'Alarm', '--out', str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: unknown object 'Alarm': did you mean 'alarm'? pass --rotation 0 if the GT mesh needs "
+                 'no rotation'] and not out.exists()
+  assert evaluate_mesh.main(['--pred', pred, '--gt', gt]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      'error: pass --name OBJECT (a GSO-eval object: selects the GT rotation) or --rotation DEG']
+  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--rotation', 'nan']) == 2
+  assert capsys.readouterr().err.strip().splitlines() == ['error: --rotation nan is not a finite number']
+  # --rotation 0: the GT box (largest side 0.5 -> 1) against the same box unscaled, unrotated
+  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--name', 'Alarm', '--rotation', '0', '--out', str(out)]) == 0
+  name, chamfer, iou = capsys.readouterr().out.strip().split('\t')
+  assert name == 'Alarm' and float(chamfer) > 0.01
+  assert json.loads(out.read_text())['rotation_deg'] == 0.0

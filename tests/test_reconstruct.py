@@ -111,11 +111,12 @@ def test_grid_field_starts_as_a_sphere_with_unit_gradient():
   np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, atol=1e-2)
 
 
-def _fit(views_dir, ckpt_dir, steps, on_log=None):
+def _fit(views_dir, ckpt_dir, steps, on_log=None, seed=3, data_identity=None):
   data = neus_data.ray_dataset(neus_data.load_views(views_dir))
   tc = train.TrainConfig(base_lr=1e-3, total_steps=steps, warm_up_steps=2, decay_interval=4, grid_lr_scale=10.0)
-  lc = train.LoopConfig(batch_num=64, fg_num=16, seed=3, save_every=4, log_every=2)
-  return train.fit(data, TINY, tc, lc, checkpoint_dir=str(ckpt_dir), progress=False, on_log=on_log)
+  lc = train.LoopConfig(batch_num=64, fg_num=16, seed=seed, save_every=4, log_every=2)
+  return train.fit(data, TINY, tc, lc, checkpoint_dir=str(ckpt_dir), progress=False, on_log=on_log,
+                   data_identity=data_identity)
 
 
 def test_an_interrupted_fit_resumes_to_the_same_params(tmp_path):
@@ -134,6 +135,18 @@ def test_an_interrupted_fit_resumes_to_the_same_params(tmp_path):
   resumed, hist_b = _fit(views, tmp_path / 'b', 12)
   assert hist_b[0]['step'] == 6                      # resumed after step 4
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), full, resumed)
+  # identity.json beside the checkpoints: a resume with other settings or another input is refused before any
+  # step (checked here, where checkpoints exist already, to compile nothing more)
+  ckpt = tmp_path / 'b'
+  assert sorted(p.name for p in ckpt.iterdir()) == ['12', 'identity.json']
+  with pytest.raises(train.CheckpointMismatch, match=r'holds checkpoints of another input/settings \(seed\)'):
+    _fit(views, ckpt, 12, seed=4)
+  with pytest.raises(train.CheckpointMismatch, match=r'another input/settings \(input\)'):
+    _fit(views, ckpt, 12, data_identity={'input_sha256': 'another'})
+  (ckpt / 'identity.json').unlink()                  # checkpoints of an older version: cannot be checked
+  with pytest.raises(train.CheckpointMismatch, match='without a record of their input and settings'):
+    _fit(views, ckpt, 12)
+  assert sorted(p.name for p in ckpt.iterdir()) == ['12']
 
 
 def test_mesh_of_the_initial_sphere_and_ply(tmp_path):
@@ -217,6 +230,86 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
   assert r.returncode == 2 and 'not writable' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_cli_gt_mesh_and_its_rotation_are_checked_before_training(tmp_path):
+  """An unreadable GT mesh or an object name without a known GT rotation: one line, before any training
+  (no 'neus:' line), no output folder."""
+  d = disc_views(tmp_path)                           # folder 'views': not a GSO-eval object
+  out = tmp_path / 'out'
+  (tmp_path / 'bad.obj').write_text('this is not a mesh\n')
+  gt = os.path.join(GSO, 'cream', 'model.obj')
+  cases = [
+      ([f'--config.gt_mesh={tmp_path / "bad.obj"}', '--config.gt_name=cream'], f'error: gt_mesh {tmp_path / "bad.obj"}: '),
+      ([f'--config.gt_mesh={gt}'],
+       "error: gt_name: unknown object 'views' (not one of the 30 GSO-eval objects whose GT rotation is known): set "
+       '--config.gt_name=OBJECT, or --config.gt_rotation=0 if the GT mesh needs no rotation'),
+      ([f'--config.gt_mesh={gt}', '--config.gt_name=Cream'],
+       "error: gt_name: unknown object 'Cream': did you mean 'cream'? set --config.gt_name=OBJECT, or "
+       '--config.gt_rotation=0 if the GT mesh needs no rotation'),
+      ([f'--config.gt_mesh={gt}', '--config.gt_rotation=nan'], 'error: --config.gt_rotation=nan: must be a finite number'),
+  ]
+  for extra, msg in cases:
+    r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', *extra)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(msg), r.stderr
+    assert 'neus:' not in r.stdout and not out.exists()
+
+
+def test_cli_finished_folder_without_identity_is_refused(tmp_path):
+  """metrics.json of an older version records no input hash: it cannot be told apart from another input's."""
+  d = disc_views(tmp_path)
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'metrics.json').write_text(json.dumps({'input': str(d), 'config': {}}))
+  (out / 'mesh.ply').write_text('ply')
+  before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+  r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}')
+  assert r.returncode == 2 and r.stderr.strip() == (
+      f'error: {out} holds a reconstruction of an older version, without a record of its input and settings: '
+      'use another output_dir or --config.overwrite=True'), r.stderr
+  assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
+  from configs import neus_fast
+  from hv_jax.neus import pipeline
+  d = disc_views(tmp_path)
+  out = tmp_path / 'out'
+  for flag, msg in (('--config.train.base_lr=nan', 'error: --config.train.base_lr=nan: must be a finite number'),
+                    ('--config.neus.lambda_eikonal_loss=inf',
+                     'error: --config.neus.lambda_eikonal_loss=inf: must be a finite number')):
+    r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', flag)
+    assert r.returncode == 2 and r.stderr.strip() == msg and not out.exists(), r.stderr
+  for field, value, msg in (('train.grid_lr_scale', float('-inf'), 'train.grid_lr_scale=-inf: must be a finite'),
+                            ('neus.variance_init', float('nan'), 'neus.variance_init=nan: must be a finite'),
+                            ('neus.anneal_end', 0, r'neus.anneal_end=0: must be > 0 \(or < 0: no annealing\)'),
+                            ('train.base_lr', 0.0, 'train.base_lr=0.0: must be > 0'),
+                            ('train.b2', 1.0, r'train.b2=1.0: must be in \[0, 1\)'),
+                            ('neus.up_sample_steps', 5, 'neus.up_sample_steps=5: must be >= 1 and divide '
+                                                        'neus.n_importance=24'),
+                            ('neus.lambda_mask_loss', -1.0, 'neus.lambda_mask_loss=-1.0: must be >= 0'),
+                            ('log_every', 0, 'log_every=0: must be >= 1')):
+    c = neus_fast.get_config()
+    c.input, c.output_dir = str(d), str(out)
+    section, _, name = field.rpartition('.')
+    setattr(c[section] if section else c, name, value)
+    with pytest.raises(pipeline.UserError, match=r'^--config\.' + msg):
+      pipeline.run(c)
+    assert not out.exists()
+
+
+def test_cli_diverged_training_is_one_line_and_leaves_nothing(tmp_path):
+  """A loss that is not finite is never written as a result: one line, and the folder this run created (with
+  the diverged checkpoints) is removed."""
+  d = disc_views(tmp_path)
+  out = tmp_path / 'new' / 'out'
+  r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', '--config.train.base_lr=1e30',
+              '--config.save_every=2')
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip() == ('error: training diverged by step 4 (loss nan): lower --config.train.base_lr '
+                              "(this run's checkpoints were removed)"), r.stderr
+  assert not (tmp_path / 'new').exists()
+
+
 @pytest.mark.parametrize('cfg', [TINY, NeuSConfig(sdf=fields.SDFConfig(d_hidden=64, n_layers=4, skip_in=(2,), d_out=9),
                                                   color=ColorConfig(d_feature=8, d_hidden=16, n_layers=2),
                                                   n_samples=8, n_importance=8, up_sample_steps=2)],
@@ -268,3 +361,30 @@ def test_real_object_shortened_reconstruction(tmp_path):
   assert m['geometry_nofloor']['iou'] <= geo['iou'] + 1e-9, (m['geometry_nofloor'], geo)   # cream's fill is cut
   again = pipeline.run(c)                        # finished output: not redone
   assert again['seconds'] == m['seconds']
+  out = tmp_path / 'cream'
+  files = lambda: {p: p.stat().st_mtime_ns for p in out.rglob('*') if p.is_file()}
+  before = files()
+  # the same finished folder asked for with other settings or another input: refused in one line, unchanged
+  flags = ['--config=configs/neus_fast.py', f'--config.input={c.input}', f'--config.output_dir={out}',
+           f'--config.gt_mesh={c.gt_mesh}', f'--config.train.total_steps={SHORT}',
+           f'--config.train.decay_interval={SHORT // 2}', '--config.train.warm_up_steps=10', '--config.batch_num=512',
+           '--config.fg_num=128', '--config.mesh_resolution=128', '--config.vertex_colors=False',
+           '--config.progress=False']
+  r = run_cli(*flags)
+  assert r.returncode == 0 and 'already reconstructed from the same input and settings' in r.stdout, r.stderr
+  r = run_cli(*flags, '--config.train.base_lr=0.002')
+  assert r.returncode == 2 and r.stderr.strip() == (
+      f'error: {out} holds a reconstruction of another input/settings (train.base_lr): use another output_dir '
+      'or --config.overwrite=True'), r.stderr
+  c.input = os.path.join(GSO, 'bell')
+  c.gt_name = 'cream'
+  with pytest.raises(pipeline.UserError, match=r'holds a reconstruction of another input/settings \(input\)'):
+    pipeline.run(c)
+  assert files() == before
+  # without metrics.json the checkpoints would be resumed: only those of the same input and settings
+  os.remove(out / 'metrics.json')
+  before = files()
+  with pytest.raises(pipeline.UserError, match=r'checkpoints holds checkpoints of another input/settings '
+                                               r'\(input\): use another output_dir or --config.overwrite=True'):
+    pipeline.run(c)
+  assert files() == before

@@ -11,6 +11,11 @@ perturbation key fold_in(seed key, step), orbax checkpoints of the whole train s
 `save_every` steps (a rerun resumes from the last one and reproduces the uninterrupted run), a
 progress bar with the losses.
 
+Resume identity: beside the checkpoints, `identity.json` records what they were trained from (the NeuS,
+optimiser and batching settings, and the caller's `data_identity`, e.g. the input's sha256). A checkpoint is
+resumed only when that record equals the current run's; otherwise (or without a record, from an older
+version) `fit` raises CheckpointMismatch naming the differing settings, before any training.
+
 `grid_lr_scale` (neus_fast only; 1 = the original): the feature grids of a GridSDFConfig field and the NeuS
 variance train with base_lr * grid_lr_scale and no weight decay (grids want a much larger step than MLP
 weights, and a short run needs the variance to sharpen faster).
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, Dict, NamedTuple
@@ -28,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hv_jax import atomic, checks
 from hv_jax.neus import fields, render
 from hv_jax.neus.fields import NeuSConfig, Params
 
@@ -183,32 +190,84 @@ class LoopConfig:
   log_every: int = 10
 
 
+IDENTITY_FILE = 'identity.json'
+
+
+class CheckpointMismatch(ValueError):
+  """The checkpoints in a folder were trained from another input or other settings."""
+
+
+def checkpoint_identity(cfg: NeuSConfig, tc: TrainConfig, lc: LoopConfig, data_identity=None) -> dict:
+  """What a training state depends on (save_every / log_every do not change it), as plain JSON values."""
+  ident = {'neus': cfg.to_dict(), 'train': dataclasses.asdict(tc),
+           'loop': {'batch_num': lc.batch_num, 'fg_num': lc.fg_num, 'seed': lc.seed}, 'data': data_identity}
+  return json.loads(json.dumps(ident))
+
+
+def _check_identity(checkpoint_dir: str, ident: dict) -> None:
+  path = os.path.join(checkpoint_dir, IDENTITY_FILE)
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    stored = None
+  if not isinstance(stored, dict):
+    raise CheckpointMismatch(f'{checkpoint_dir} holds checkpoints without a record of their input and settings '
+                             f'({IDENTITY_FILE}; made by an older version)')
+  diff = checks.differing_keys(stored, ident)
+  if diff:
+    names = list(dict.fromkeys('input' if d == 'data' or d.startswith('data.') else d.replace('loop.', '')
+                               for d in diff))
+    raise CheckpointMismatch(f'{checkpoint_dir} holds checkpoints of another input/settings ({", ".join(names[:4])}'
+                             f'{f" and {len(names) - 4} more" if len(names) > 4 else ""})')
+
+
 def abstract_state(cfg: NeuSConfig, tc: TrainConfig):
   return jax.eval_shape(lambda: init_state(fields.init_params(jax.random.PRNGKey(0), cfg), tc))
 
 
 def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopConfig,
-        checkpoint_dir: str = '', progress: bool = True, on_log=None):
-  """Trains for tc.total_steps steps (resuming from `checkpoint_dir` when it holds a checkpoint).
+        checkpoint_dir: str = '', progress: bool = True, on_log=None, data_identity=None):
+  """Trains for tc.total_steps steps (resuming from `checkpoint_dir` when it holds a checkpoint made from the
+  same settings and `data_identity`; CheckpointMismatch when it holds one of others).
 
   Returns (params, history) where history is a list of {'step', losses...} rows every log_every steps.
   """
-  from hv_jax.neus import data as neus_data
   seed_key = jax.random.PRNGKey(lc.seed)
   manager = None
   state = None
   start = 0
   if checkpoint_dir:
     import orbax.checkpoint as ocp
+    ident = checkpoint_identity(cfg, tc, lc, data_identity)
     manager = ocp.CheckpointManager(
         os.path.abspath(checkpoint_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=lc.save_every, create=True))
     latest = manager.latest_step()
     if latest is not None:
+      try:
+        _check_identity(checkpoint_dir, ident)
+      except CheckpointMismatch:
+        manager.close()
+        raise
       state = manager.restore(latest, args=ocp.args.StandardRestore(abstract_state(cfg, tc)))
       start = int(state.step)
+    else:
+      atomic.write_json(os.path.join(checkpoint_dir, IDENTITY_FILE), ident)
   if state is None:
     state = init_state(fields.init_params(seed_key, cfg), tc)
+  try:
+    return _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log)
+  finally:
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+
+
+def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
+  from hv_jax.neus import data as neus_data
+  if manager is not None:
+    import orbax.checkpoint as ocp
 
   table = {k: jnp.asarray(data[k]) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
   total = table['rays_o'].shape[0]
@@ -236,9 +295,6 @@ def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopC
       bar.update(1)
     if manager is not None and (done % lc.save_every == 0 or done == tc.total_steps):
       manager.save(done, args=ocp.args.StandardSave(state), force=True)
-  if manager is not None:
-    manager.wait_until_finished()
-    manager.close()
   if bar is not None:
     bar.close()
   return state.params, history
