@@ -5,13 +5,20 @@
 Writes DIR/params (orbax), DIR/model_config.json and DIR/conversion.json (source hashes, counts and the
 allow-listed unused keys). Tensors are read from a memory-mapped, weights-only torch.load and converted one
 by one. Every key is accounted for: unmapped, missing and mis-shaped keys are listed by name and the
-command exits non-zero with nothing left at --out (it writes to a temporary folder and renames at the end).
+command exits non-zero with nothing left at --out (it writes to a temporary folder and renames at the end;
+folders above --out are created only once there is something to write). A mismatch between the checkpoint and
+the model config is reported as such, with the config the checkpoint looks like (`--model-config full|tiny|PATH`).
+
+`run_in_child` runs the same conversion in a fresh child process: the sampler converts a .ckpt on first use
+that way, so the torch state dict and the converted arrays are gone before it loads the params.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
+import contextlib
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -21,6 +28,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from convert import names
+from hv_jax import atomic, digest
 
 
 class ConversionError(Exception):
@@ -97,20 +105,14 @@ def to_numpy(v) -> np.ndarray:
   return np.asarray(v)
 
 
-def sha256(path: str, chunk: int = 1 << 24) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while True:
-      b = f.read(chunk)
-      if not b:
-        return h.hexdigest()
-      h.update(b)
-
-
 # ----------------------------------------------------------------------------- mapping
 
+@functools.lru_cache(maxsize=4)
 def target_shapes(config) -> Dict[Tuple[str, ...], Tuple[tuple, object]]:
-  """Flat {path: (shape, dtype)} of the Flax params, built by jax.eval_shape (no weights allocated)."""
+  """Flat {path: (shape, dtype)} of the Flax params, built by jax.eval_shape (no weights allocated).
+
+  Cached per config (the full size takes ~15 s to trace on a 2-core CPU); do not modify the returned dict.
+  """
   from flax import traverse_util
   from hv_jax.models.init import abstract_params
   flat = traverse_util.flatten_dict(abstract_params(config))
@@ -140,10 +142,52 @@ def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.
   return mapped
 
 
+_MADV_PAGEOUT = 21   # Linux >= 5.4: reclaim these pages now (file pages are dropped, never lost)
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise():
+  if not sys.platform.startswith('linux'):
+    return None
+  try:
+    import ctypes
+    fn = ctypes.CDLL(None, use_errno=True).madvise
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+  except (OSError, AttributeError):  # pragma: no cover
+    return None
+
+
+def release_pages(tensor) -> None:
+  """Gives back the resident pages of a converted tensor of the memory-mapped checkpoint (MADV_PAGEOUT).
+
+  Reading a tensor of the mmap'd file maps its pages into this process; without this they stay resident
+  until the whole state dict is dropped, adding the checkpoint's size (5.2 GiB at full size) to the
+  converter's peak. The hint never changes data: clean file pages are re-read if touched again, and
+  anonymous pages stay (or go to swap). Only whole pages inside the tensor's storage are advised; a no-op
+  where madvise or MADV_PAGEOUT is unavailable.
+  """
+  fn = _madvise()
+  if fn is None or not hasattr(tensor, 'untyped_storage'):
+    return
+  try:
+    storage = tensor.untyped_storage()
+    ptr, n = storage.data_ptr(), storage.nbytes()
+  except Exception:  # noqa: BLE001  (not a plain CPU storage)
+    return
+  page = mmap.PAGESIZE
+  start, end = -(-ptr // page) * page, (ptr + n) // page * page
+  if end > start:
+    fn(start, end - start, _MADV_PAGEOUT)
+
+
 def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report, *,
                     prefixes=names.PREFIXES, allowed=names.allowed_unused,
-                    progress=None) -> Dict[Tuple[str, ...], np.ndarray]:
-  """Maps and converts (key, tensor) pairs one by one onto `targets`; records every problem in `report`."""
+                    progress=None, release: bool = False) -> Dict[Tuple[str, ...], np.ndarray]:
+  """Maps and converts (key, tensor) pairs one by one onto `targets`; records every problem in `report`.
+
+  release=True gives each converted tensor's pages back (`release_pages`; for a memory-mapped checkpoint).
+  """
   out: Dict[Tuple[str, ...], np.ndarray] = {}
   sources: Dict[Tuple[str, ...], str] = {}
   for key, tensor in items:
@@ -158,6 +202,9 @@ def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report
       continue
     arr = tensor.detach().float().numpy() if hasattr(tensor, 'detach') else np.asarray(tensor, np.float32)
     out[path] = np.ascontiguousarray(names.TRANSFORMS[transform](arr)).astype(np.float32)
+    del arr
+    if release:
+      release_pages(tensor)
     sources[path] = key
     report.converted += 1
   return out
@@ -192,9 +239,97 @@ def check_buffers(state_dict, report: Report):
       report.checks.append(f'{key}: equal to hv_jax.sampling.schedule (max abs err {err:.1e})')
 
 
-def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True):
-  """Returns (nested params dict of numpy arrays, Report). Raises ConversionError on any problem."""
+# ----------------------------------------------------------------------------- diagnosis
+
+CLIP_PREFIX = next(p for p, tree in names.PREFIXES if tree == ('clip',))   # 'clip_image_encoder.model.visual.'
+CALLERS = ('cli', 'sampler')   # who is told what to do: the converter's flags or the sampler's config fields
+
+
+def named_model_config(name: str):
+  """'full' (the published SyncDreamer) or 'tiny' (the demo model = the parity fixtures' dims); else None."""
+  from hv_jax.models.config import ModelConfig
+  if name == 'full':
+    return ModelConfig.full()
+  if name == 'tiny':
+    from hv_jax.sampling.pipeline import tiny_model_config
+    return tiny_model_config()
+  return None
+
+
+def config_name(config) -> Optional[str]:
+  """'full' / 'tiny' when `config` is one of the named sizes, else None."""
+  for name in ('full', 'tiny'):
+    try:
+      if named_model_config(name) == config:
+        return name
+    except ImportError:  # pragma: no cover  (a partial install without the sampler)
+      pass
+  return None
+
+
+def fitting_config(shapes: Dict[str, tuple], exclude) -> Optional[str]:
+  """The named model size ('tiny', 'full') whose params every mappable checkpoint key fits, if any.
+
+  `shapes`: {checkpoint key: shape}. Missing keys are not held against a size (they are reported anyway).
+  """
+  for name in ('tiny', 'full'):   # tiny first: it is traced in a moment, the full size takes ~15 s
+    try:
+      candidate = named_model_config(name)
+    except ImportError:  # pragma: no cover
+      continue
+    if candidate == exclude:
+      continue
+    targets, report = target_shapes(candidate), Report()
+    mapped = sum(plan_key(key, shape, targets, report) is not None for key, shape in shapes.items())
+    if mapped and not report.misshaped and not report.unmapped:
+      return name
+  return None
+
+
+def config_flag(name: Optional[str], caller: str) -> str:
+  """How `caller` passes the model config `name` ('full', 'tiny', or None for a JSON file of its dims)."""
+  if caller == 'sampler':
+    return f'--config.model={name or "PATH.json"}'
+  return f'--model-config {name or "PATH.json"}'
+
+
+def mismatch_message(ckpt: str, config, report: 'Report', shapes: Dict[str, tuple], caller: str) -> str:
+  """The one line for a checkpoint that does not match the model config, with the likely cause."""
+  given = config_name(config)
+  what = {'full': 'full size', 'tiny': 'tiny'}.get(given, 'custom dims')
+  counts = []
+  if report.misshaped:
+    eg = ', '.join(m[0] for m in report.misshaped[:3]) + (', ...' if len(report.misshaped) > 3 else '')
+    counts.append(f'{len(report.misshaped)} mis-shaped keys (e.g. {eg})')
+  counts += [f'{len(report.unmapped)} unexpected', f'{len(report.missing)} missing']
+  line = f'{ckpt} does not match the model config ({what}): ' + ', '.join(counts)
+  if not report.misshaped:
+    return line           # keys added or removed: an edited checkpoint or another architecture, not a size
+  fits = fitting_config(shapes, exclude=config)
+  if fits is not None:
+    desc = {'full': 'the full-size SyncDreamer', 'tiny': 'the tiny SyncDreamer (the demo and parity-fixture size)'}
+    return line + f'; the checkpoint looks like {desc[fits]}: pass its model config with {config_flag(fits, caller)}'
+  return line + ('; the checkpoint is neither the full-size nor the tiny SyncDreamer: pass its dims as JSON '
+                 f'with {config_flag(None, caller)}')
+
+
+def no_clip_message(ckpt: str, caller: str) -> str:
+  line = f'{ckpt} has no CLIP image tower (no {CLIP_PREFIX}* weights): '
+  if caller == 'sampler':
+    return line + ('the sampler cannot add one; convert it once with python -m convert.syncdreamer '
+                   f'--ckpt {ckpt} --clip ViT-L-14.pt --out DIR and pass --config.checkpoint=DIR')
+  return line + 'pass the OpenAI CLIP file with --clip ViT-L-14.pt'
+
+
+def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True, caller: str = 'cli'):
+  """Returns (nested params dict of numpy arrays, Report). Raises ConversionError on any problem.
+
+  The error's first line is the message (phrased for `caller`: 'cli' names this converter's flags, 'sampler'
+  the sampler's config fields); for a mismatch the following lines name every offending key.
+  """
   from flax import traverse_util
+  if caller not in CALLERS:
+    raise ValueError(f'caller must be one of {CALLERS}, got {caller!r}')
   sd = load_state_dict(ckpt)
   if not any(k.startswith('model.diffusion_model.') for k in sd):
     raise ConversionError(f'{ckpt} is not a SyncDreamer checkpoint: no model.diffusion_model.* keys '
@@ -202,26 +337,29 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
   targets = target_shapes(config)
   report = Report()
   bar = _progress(len(sd) + (0 if clip is None else 1), progress)
-  flat = convert_tensors(sd.items(), targets, report, progress=bar)
+  flat = convert_tensors(sd.items(), targets, report, progress=bar, release=True)
   check_buffers(sd, report)
-  has_clip = any(p[0] == 'clip' for p in flat)
+  shapes = {k: tuple(v.shape) for k, v in sd.items()}
+  has_clip = any(k.startswith(CLIP_PREFIX) for k in sd)
   if clip is not None:
     if has_clip:
       report.checks.append(f'CLIP tower taken from {clip} (overrides the copy inside the checkpoint)')
       flat = {p: v for p, v in flat.items() if p[0] != 'clip'}
     csd = load_state_dict(clip, what='CLIP checkpoint')
     flat.update(convert_tensors(csd.items(), targets, report, prefixes=names.CLIP_FILE_PREFIXES))
-  elif not has_clip:
-    raise ConversionError(f'{ckpt} has no clip_image_encoder.model.visual.* weights: pass the OpenAI CLIP '
-                          'file with --clip ViT-L-14.pt')
+    del csd
+  del sd
   if bar is not None:
     bar.close()
   misshaped = {m[1] for m in report.misshaped}
   report.missing = ['/'.join(p) for p in targets if p not in flat and '/'.join(p) not in misshaped]
+  # A config mismatch mis-shapes the CLIP keys too: say so before concluding that the tower is absent.
+  if report.misshaped:
+    raise ConversionError(mismatch_message(ckpt, config, report, shapes, caller) + '\n' + report.problems())
+  if clip is None and not has_clip:
+    raise ConversionError(no_clip_message(ckpt, caller))
   if not report.ok:
-    raise ConversionError(f'{ckpt} does not match the model config ({len(report.unmapped)} unexpected, '
-                          f'{len(report.missing)} missing, {len(report.misshaped)} mis-shaped keys):\n'
-                          + report.problems())
+    raise ConversionError(mismatch_message(ckpt, config, report, shapes, caller) + '\n' + report.problems())
   return traverse_util.unflatten_dict(flat), report
 
 
@@ -244,7 +382,8 @@ def main(argv=None) -> int:
   parser.add_argument('--clip', default=None, help='OpenAI CLIP ViT-L-14.pt, if the .ckpt lacks the CLIP tower')
   parser.add_argument('--out', required=True, help='output directory (must not exist, or use --overwrite)')
   parser.add_argument('--model-config', default=None,
-                      help='model dims as JSON (default: the full-size SyncDreamer); a parity config.json works')
+                      help="model dims: 'full' (the default: the published SyncDreamer), 'tiny' (the demo / parity "
+                           'size), or a JSON file (a parity config.json works)')
   parser.add_argument('--overwrite', action='store_true')
   parser.add_argument('--quiet', action='store_true')
   args = parser.parse_args(argv)
@@ -257,10 +396,15 @@ def main(argv=None) -> int:
   return 0
 
 
-def load_model_config(path: Optional[str]):
+def load_model_config(path):
+  """None or 'full' -> the full size; 'tiny' -> the demo size; a ModelConfig as it is; else a JSON file."""
   from hv_jax.models.config import ModelConfig
   if path is None:
     return ModelConfig.full()
+  if isinstance(path, ModelConfig):
+    return path
+  if path in ('full', 'tiny') and not os.path.isfile(path):
+    return named_model_config(path)
   try:
     with open(path) as f:
       d = json.load(f)
@@ -269,33 +413,48 @@ def load_model_config(path: Optional[str]):
   return ModelConfig.from_dict(d.get('tiny', d))
 
 
-def run(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, verbose=True):
-  """Converts and writes atomically; returns the Report."""
+def run(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, verbose=True, caller='cli'):
+  """Converts and writes atomically; returns the Report.
+
+  `model_config`: None/'full', 'tiny', a JSON path or a ModelConfig. Nothing is created before the conversion
+  has succeeded: the folders above `out` are made just before writing, and removed again if writing fails.
+  """
   from hv_jax import checkpoint
   config = load_model_config(model_config)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise ConversionError(f'{out} exists; choose another --out or pass --overwrite')
   parent = os.path.dirname(out)
+  problem = atomic.writable_problem(parent)       # refused before a long conversion; nothing created yet
+  if problem:
+    raise ConversionError(f'cannot write to {parent}: {problem}')
+  params, report = convert(ckpt, config, clip=clip, progress=verbose, caller=caller)
+  st = os.stat(ckpt)      # size and mtime: a cache of this conversion is checked against the .ckpt cheaply
+  meta = {'source': {'ckpt': os.path.abspath(ckpt), 'ckpt_sha256': digest.file_sha256(ckpt), 'ckpt_size': st.st_size,
+                     'ckpt_mtime_ns': st.st_mtime_ns},
+          'converted_keys': report.converted,
+          'unused_keys': [{'key': k, 'reason': r} for k, r in report.unused],
+          'checks': report.checks}
+  if clip is not None:
+    meta['source'].update(clip=os.path.abspath(clip), clip_sha256=digest.file_sha256(clip))
+  created, tmp, done = [], None, False
   try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.convert-', dir=parent)
-  except OSError as e:
-    raise ConversionError(f'cannot write to {parent}: {e}') from e
-  try:
-    params, report = convert(ckpt, config, clip=clip, progress=verbose)
-    meta = {'source': {'ckpt': os.path.abspath(ckpt), 'ckpt_sha256': sha256(ckpt)},
-            'converted_keys': report.converted,
-            'unused_keys': [{'key': k, 'reason': r} for k, r in report.unused],
-            'checks': report.checks}
-    if clip is not None:
-      meta['source'].update(clip=os.path.abspath(clip), clip_sha256=sha256(clip))
-    checkpoint.save(os.path.join(tmp, 'ckpt'), params, config, meta)
+    created = atomic.make_dirs(parent)
+    tmp = tempfile.mkdtemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', dir=parent)
+    with orbax_without_host_copies():
+      checkpoint.save(os.path.join(tmp, 'ckpt'), params, config, meta)
     if os.path.exists(out):
       shutil.rmtree(out)
     os.replace(os.path.join(tmp, 'ckpt'), out)
+    done = True
+  except OSError as e:
+    raise ConversionError(f'cannot write {out}: {e.strerror or e}') from e
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if not done:
+      atomic.remove_empty_dirs(created)
+  del params
   if verbose:
     print(f'converted {report.converted} tensors -> {out}')
     print(f'{len(report.unused)} checkpoint keys are unused on purpose (allow-list):')
@@ -305,6 +464,109 @@ def run(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, v
     for c in report.checks:
       print(f'  check: {c}')
   return report
+
+
+@contextlib.contextmanager
+def orbax_without_host_copies():
+  """Orbax saves numpy arrays through a handler that deep-copies each one first (a guard against changes
+  during an asynchronous save): with the full model that copy alone adds 4.7 GiB to the converter's peak.
+  The converted arrays are held by nobody else and checkpoint.save waits for the write, so within this block
+  numpy arrays are saved without the copy; the registry is restored afterwards. If orbax's internals moved,
+  nothing changes but the memory.
+  """
+  try:
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint._src.serialization import type_handler_registry as registry
+    handlers = registry.GLOBAL_TYPE_HANDLER_REGISTRY
+    previous = handlers.get(np.ndarray)
+    handlers.add(np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False), override=True,
+                 ignore_warnings=True)
+  except Exception:  # noqa: BLE001  (another orbax version: save as it is)
+    yield
+    return
+  try:
+    yield
+  finally:
+    handlers.add(np.ndarray, previous, override=True, ignore_warnings=True)
+
+
+TMP_PREFIX = '.convert-'   # + pid: the temporary folder beside --out that a run renames into place
+
+
+def run_in_child(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, verbose=True,
+                 caller='cli') -> Report:
+  """`run` in a fresh child process (`python -c ...`); returns its Report.
+
+  The child holds the memory-mapped torch state dict and the converted arrays and returns it all to the
+  system when it exits, so a caller that goes on to load the params (the sampler) peaks at what loading
+  alone needs (docs/speed.md). Its progress bar and summary go to the inherited stdout/stderr; a
+  ConversionError in the child is raised here with the same message. If the child dies (killed, out of
+  memory) its temporary folder and any folder it created above `out` are removed and a ConversionError says
+  so: `out` is written by one rename at the end, so it never exists half-written.
+  """
+  import subprocess
+  from hv_jax.models.config import ModelConfig
+  out = os.path.abspath(out)
+  parent = os.path.dirname(out)
+  created = atomic.missing_dirs(parent)
+  spec = model_config.to_dict() if isinstance(model_config, ModelConfig) else model_config
+  job = dict(ckpt=str(ckpt), out=out, clip=clip, model_config=spec, overwrite=bool(overwrite),
+             verbose=bool(verbose), caller=caller)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the folder holding `convert/`
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  read_fd, write_fd = os.pipe()
+  try:
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from convert.syncdreamer import _child_main; '
+                             'sys.exit(_child_main(int(sys.argv[1]), sys.argv[2]))', str(write_fd), json.dumps(job)],
+                            env=env, pass_fds=(write_fd,))
+  finally:
+    os.close(write_fd)
+  try:
+    with os.fdopen(read_fd, 'r') as f:
+      answer = f.read()          # until the child exits (or closes its end): no pipe-buffer deadlock
+    rc = proc.wait()
+  except BaseException:          # Ctrl-C here: the child (same process group) got it too; never leave it behind
+    proc.kill()
+    proc.wait()
+    _clean_after_child(proc.pid, parent, out, created)
+    raise
+  result = json.loads(answer) if answer.strip() else {}
+  if rc == 0 and 'report' in result:
+    r = result['report']
+    return Report(converted=r['converted'], unused=[tuple(u) for u in r['unused']], checks=r['checks'])
+  if 'error' in result:
+    raise ConversionError(result['error'])
+  _clean_after_child(proc.pid, parent, out, created)
+  how = f'was killed by signal {-rc}' if rc < 0 else f'exited with status {rc}'
+  raise ConversionError(f'the conversion of {ckpt} ended abnormally (the converter process {how}; out of memory?): '
+                        f'nothing was written to {out}')
+
+
+def _clean_after_child(pid: int, parent: str, out: str, created: List[str]) -> None:
+  if os.path.isdir(parent):
+    for name in os.listdir(parent):
+      if name.startswith(f'{TMP_PREFIX}{pid}-'):
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+  if not os.path.isdir(out):
+    atomic.remove_empty_dirs(created)
+
+
+def _child_main(result_fd: int, job_json: str) -> int:
+  """The child of `run_in_child`: runs the job, writes {'report': ...} or {'error': message} to result_fd."""
+  job = json.loads(job_json)
+  spec = job.pop('model_config')
+  if isinstance(spec, dict):
+    from hv_jax.models.config import ModelConfig
+    spec = ModelConfig.from_dict(spec)
+  with os.fdopen(result_fd, 'w') as f:
+    try:
+      report = run(job.pop('ckpt'), job.pop('out'), model_config=spec, **job)
+    except ConversionError as e:
+      f.write(json.dumps({'error': str(e)}))
+      return 2
+    f.write(json.dumps({'report': {'converted': report.converted, 'unused': report.unused,
+                                   'checks': report.checks}}))
+  return 0
 
 
 if __name__ == '__main__':

@@ -1,17 +1,18 @@
 """The PyTorch -> Flax converter: full-size key coverage, the CLI, orbax round trip, and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import chex
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
 import parity as P
 from convert import names
@@ -218,3 +219,174 @@ def test_missing_checkpoint_dir_is_a_clear_error(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(checkpoint.CheckpointError, match='convert.syncdreamer'):
     checkpoint.load(str(tmp_path / 'empty'))
+
+
+# --------------------------------------------------------------------------- issue 17: diagnosis, folders, child
+
+
+def _error_lines(err):
+  """stderr of a failed CLI run -> (the one-line message, the listed keys); nothing else may be printed."""
+  lines = err.strip().splitlines()
+  assert lines and lines[0].startswith('error: '), err
+  assert all(line.startswith('  ') for line in lines[1:]), err
+  return lines[0], lines[1:]
+
+
+def _tree(path):
+  """Every path under `path` (relative), or None when it does not exist: 'unchanged' is compared with this."""
+  path = pathlib.Path(path)
+  return sorted(str(p.relative_to(path)) for p in path.rglob('*')) if path.exists() else None
+
+
+def _no_clip_ckpt(tmp_path):
+  sd = torch.load(P.CKPT, map_location='cpu', weights_only=True)['state_dict']
+  path = tmp_path / 'noclip.ckpt'
+  torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith(conv.CLIP_PREFIX)}}, path)
+  return path
+
+
+@needs_fixtures
+def test_config_mismatch_is_named_with_its_likely_cause(tmp_path):
+  """The tiny checkpoint with the default (full-size) config: a config mismatch, not 'missing CLIP weights'."""
+  before = _tree(tmp_path)
+  out = tmp_path / 'new' / 'nested' / 'out'     # its parents do not exist: the CLI must not leave them behind
+  rc, stdout, err = _cli('--ckpt', str(P.CKPT), '--out', str(out), '--quiet')
+  assert rc == 2, err
+  line, listed = _error_lines(err)
+  assert 'does not match the model config (full size)' in line
+  assert 'mis-shaped keys (e.g. first_stage_model.encoder.conv_in.weight' in line
+  assert line.endswith('the checkpoint looks like the tiny SyncDreamer (the demo and parity-fixture size): '
+                       'pass its model config with --model-config tiny'), line
+  assert '--clip' not in err and 'CLIP' not in line
+  n_mis = int(line.split(' mis-shaped keys')[0].rsplit(' ', 1)[1])
+  n_missing = int(line.split(' missing')[0].rsplit(' ', 1)[1])
+  assert n_mis > 1000
+  assert sum(x.startswith('  mis-shaped key: ') for x in listed) == n_mis          # every key by name
+  assert sum(x.startswith('  missing ') for x in listed) == n_missing
+  assert any(x.startswith(f'  mis-shaped key: {conv.CLIP_PREFIX}conv1.weight') for x in listed)
+  assert _tree(tmp_path) == before and not (tmp_path / 'new').exists()
+  # The suggested fix works (`--model-config tiny` is that same config; in-process here to save a start-up).
+  conv.run(str(P.CKPT), str(out), model_config='tiny', verbose=False)
+  assert checkpoint.load_config(str(out)) == P.model_config()
+
+
+@needs_fixtures
+def test_full_size_keys_with_the_tiny_config_point_to_the_full_size():
+  """The reverse mismatch, from the real checkpoint's key manifest (no 5.6 GB file needed)."""
+  manifest = json.loads(FULL_KEYS.read_text())
+  shapes = {k: tuple(s) for k, s, _ in manifest['keys']}
+  tiny = conv.named_model_config('tiny')
+  report = conv.check_manifest(shapes.items(), tiny)
+  assert report.misshaped and report.unmapped
+  line = conv.mismatch_message('full.ckpt', tiny, report, shapes, 'cli')
+  assert line.startswith('full.ckpt does not match the model config (tiny): ')
+  assert line.endswith('the checkpoint looks like the full-size SyncDreamer: pass its model config with '
+                       '--model-config full'), line
+  assert conv.mismatch_message('full.ckpt', tiny, report, shapes, 'sampler').endswith('--config.model=full')
+  # Neither size: say so, and ask for the dims as JSON.
+  other = dataclasses.replace(tiny, unet=dataclasses.replace(tiny.unet, model_channels=64))
+  shapes['model.diffusion_model.input_blocks.0.0.weight'] = (64, 8, 3, 3)
+  report = conv.check_manifest(shapes.items(), other)
+  assert conv.mismatch_message('x.ckpt', other, report, shapes, 'sampler').endswith(
+      'neither the full-size nor the tiny SyncDreamer: pass its dims as JSON with --config.model=PATH.json')
+
+
+@needs_fixtures
+def test_missing_clip_tower_suggests_clip_from_the_cli(tmp_path):
+  ckpt = _no_clip_ckpt(tmp_path)
+  out = tmp_path / 'a' / 'out'
+  before = _tree(tmp_path)
+  rc, _, err = _cli('--ckpt', str(ckpt), '--model-config', 'tiny', '--out', str(out), '--quiet')
+  assert rc == 2
+  line, listed = _error_lines(err)
+  assert not listed
+  assert line == (f'error: {ckpt} has no CLIP image tower (no clip_image_encoder.model.visual.* weights): '
+                  'pass the OpenAI CLIP file with --clip ViT-L-14.pt')
+  assert _tree(tmp_path) == before
+
+
+@needs_fixtures
+def test_sampler_first_use_conversion_errors_are_one_line_for_the_sampler(tmp_path):
+  from hv_jax.sampling import pipeline
+  ckpt = tmp_path / 'tiny.ckpt'
+  ckpt.write_bytes(P.CKPT.read_bytes())
+  before = _tree(tmp_path)
+  # No --config.model: the converter assumes the full size, which the tiny checkpoint does not fit. The cache
+  # folder (--config.checkpoint_cache) lies below folders that do not exist yet: none of them may be left.
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.convert_cached(ckpt, None, str(tmp_path / 'cache' / 'deep' / 'tiny'))
+  msg = str(e.value)
+  assert '\n' not in msg
+  assert msg.startswith(f'{ckpt} does not match the model config (full size): ') and ' mis-shaped keys (e.g. ' in msg
+  assert msg.endswith('pass its model config with --config.model=tiny'), msg
+  assert '--model-config' not in msg and '--clip' not in msg
+  assert _tree(tmp_path) == before            # no cache folder, no folder above it, no .convert-* folder
+  # No CLIP tower: the sampler has no --clip; the message says how to convert with one. Default cache
+  # (<ckpt>.hv_jax beside it): not created either.
+  noclip = _no_clip_ckpt(tmp_path)
+  before = _tree(tmp_path)
+  with pytest.raises(pipeline.UserError) as e:
+    pipeline.convert_cached(noclip, P.model_config(), None)
+  assert str(e.value) == (f'{noclip} has no CLIP image tower (no clip_image_encoder.model.visual.* weights): the '
+                          f'sampler cannot add one; convert it once with python -m convert.syncdreamer --ckpt '
+                          f'{noclip} --clip ViT-L-14.pt --out DIR and pass --config.checkpoint=DIR')
+  assert _tree(tmp_path) == before
+
+
+@needs_fixtures
+def test_child_process_conversion_equals_in_process(tmp_path):
+  """The sampler's first-use conversion (a child process) gives exactly the in-process params, then reuses them."""
+  from hv_jax.sampling import pipeline
+  ckpt = tmp_path / 'tiny.ckpt'
+  ckpt.write_bytes(P.CKPT.read_bytes())
+  cache = tmp_path / 'new' / 'cache'
+  out = pipeline.convert_cached(ckpt, P.model_config(), str(cache))
+  assert out == cache
+  params, config = checkpoint.load(str(out))
+  assert config == P.model_config()
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), P.converted_params())
+  assert sorted(os.listdir(cache.parent)) == ['cache']         # no temporary folder left
+  mtime = (out / 'model_config.json').stat().st_mtime_ns
+  assert pipeline.convert_cached(ckpt, P.model_config(), str(cache)) == out   # cached: not converted again
+  assert (out / 'model_config.json').stat().st_mtime_ns == mtime
+
+
+@needs_fixtures
+def test_killed_child_leaves_nothing(tmp_path):
+  """kill -9 of the conversion child while it writes: one line; no output, temporary or created folder remains."""
+  import signal
+  import threading
+  out = tmp_path / 'made' / 'out'
+  killed = []
+
+  def kill_while_writing():
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+      # The child has created the folders above --out and writes the params into .convert-<its pid>-*.
+      for tmp in (tmp_path / 'made').glob(conv.TMP_PREFIX + '*') if (tmp_path / 'made').is_dir() else []:
+        os.kill(int(tmp.name[len(conv.TMP_PREFIX):].split('-')[0]), signal.SIGKILL)
+        killed.append(tmp.name)
+        break
+      time.sleep(0.005)
+  t = threading.Thread(target=kill_while_writing)
+  t.start()
+  with pytest.raises(conv.ConversionError) as e:
+    conv.run_in_child(str(P.CKPT), str(out), model_config='tiny', verbose=False)
+  t.join()
+  assert killed
+  assert str(e.value) == (f'the conversion of {P.CKPT} ended abnormally (the converter process was killed by signal '
+                          f'9; out of memory?): nothing was written to {out}')
+  assert _tree(tmp_path) == []
+
+
+@needs_fixtures
+def test_released_pages_keep_their_values(tmp_path):
+  """release_pages (MADV_PAGEOUT on the memory-mapped checkpoint) is a hint: values read later are unchanged."""
+  ref = torch.arange(3 * (1 << 20), dtype=torch.float32).reshape(3, -1)     # 12 MiB: thousands of whole pages
+  torch.save({'state_dict': {'a': ref, 'b': ref[1]}}, tmp_path / 'big.ckpt')    # 'b' shares a's storage
+  sd = conv.load_state_dict(str(tmp_path / 'big.ckpt'))
+  assert float(sd['a'].sum()) == float(ref.sum())
+  conv.release_pages(sd['a'])
+  conv.release_pages(torch.zeros(1 << 20))                                    # anonymous memory: a no-op
+  np.testing.assert_array_equal(sd['b'].numpy(), ref[1].numpy())
+  np.testing.assert_array_equal(sd['a'].numpy(), ref.numpy())
