@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from convert.syncdreamer import ConversionError, to_numpy
+from hv_jax import cli
 
 # torchvision VGG16 classifier: Linear 25088->4096, ReLU, Dropout, Linear 4096->4096, ReLU, Dropout, Linear ->1000.
 TORCHVISION_UNUSED = {f'classifier.{i}.{p}': 'torchvision VGG16 classifier head (lpips uses features only)'
@@ -207,8 +208,7 @@ def load_npz(path: str) -> dict:
 
 
 def main(argv=None) -> int:
-  import argparse
-  parser = argparse.ArgumentParser(prog='python -m convert.lpips', description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog='python -m convert.lpips', description=__doc__.splitlines()[0])
   parser.add_argument('--vgg', help='torchvision vgg16 weights (e.g. vgg16-397923af.pth)')
   parser.add_argument('--lin', help='lpips heads file (default: the installed lpips package\'s v0.1/vgg.pth)')
   parser.add_argument('--lpips-state', help='torch.save(lpips.LPIPS(net="vgg").state_dict()) instead of --vgg')

@@ -29,6 +29,7 @@ import numpy as np
 
 from convert import names
 from hv_jax import atomic, digest
+from hv_jax import cli
 
 
 class ConversionError(Exception):
@@ -376,8 +377,7 @@ def _progress(total, enabled):
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-  import argparse
-  parser = argparse.ArgumentParser(prog='python -m convert.syncdreamer', description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog='python -m convert.syncdreamer', description=__doc__.splitlines()[0])
   parser.add_argument('--ckpt', required=True, help='syncdreamer-pretrain.ckpt (PyTorch Lightning checkpoint)')
   parser.add_argument('--clip', default=None, help='OpenAI CLIP ViT-L-14.pt, if the .ckpt lacks the CLIP tower')
   parser.add_argument('--out', required=True, help='output directory (must not exist, or use --overwrite)')

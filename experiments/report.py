@@ -37,6 +37,7 @@ import numpy as np
 
 from experiments import store
 from hv_jax import atomic
+from hv_jax import cli
 from hv_jax.errors import UserError
 from hv_jax.metrics import stats
 
@@ -453,7 +454,7 @@ def build(root: pathlib.Path, strip_width: int) -> Tuple[Dict[str, bytes], Dict]
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m experiments.report', description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m experiments.report', description=__doc__.splitlines()[0])
   p.add_argument('results', help='study folder (study.json, index/, strips/)')
   p.add_argument('--out', default='', help='report folder (default: RESULTS/report)')
   p.add_argument('--strip_width', type=int, default=2048, help='strips wider than this are downscaled in the page')

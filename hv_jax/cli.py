@@ -7,6 +7,7 @@ is first read. `run` parses the flags itself and turns both, and absl's own flag
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -96,3 +97,11 @@ def run(main: Callable[[object], int], config_flag, missing_hint: str, argv: Opt
       return 2
 
   app.run(lambda a: sys.exit(body(a)), argv=argv, flags_parser=parse)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the flag-style CLIs (evaluate, evaluate_mesh, report, the converters): a usage mistake is
+  one `error:` line and exit code 2, like the config-file CLIs (argparse prints the whole usage first)."""
+
+  def error(self, message):
+    self.exit(2, f'error: {one_line(message)} (python -m {self.prog.replace("python -m ", "")} --help for usage)\n')

@@ -52,6 +52,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from hv_jax import atomic, digest
+from hv_jax import cli
 from hv_jax.errors import UserError
 
 NUM_VIEWS = 16
@@ -604,7 +605,7 @@ def run(args) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m hv_jax.evaluate', description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m hv_jax.evaluate', description=__doc__.splitlines()[0])
   p.add_argument('--pred', required=True, help='folder of <object>/<k>.png strips (the sampler output)')
   p.add_argument('--gt', required=True, help='GSO-eval folder: <object>/000.png … 015.png, model.obj')
   p.add_argument('--out', required=True, help='results folder')

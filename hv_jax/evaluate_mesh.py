@@ -8,14 +8,15 @@ The GT rotation is chosen by --name, which must be one of the 30 GSO-eval object
 uses 0 for any other name, so a typo such as 'Alarm' changes the result): for another GT mesh give the
 rotation explicitly with --rotation DEG (0 if it needs none).
 """
-import argparse
 import json
 import math
 import sys
 
+from hv_jax import cli
+
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m hv_jax.evaluate_mesh', description=__doc__.splitlines()[0])
   p.add_argument('--pred', required=True, help='reconstructed mesh (.ply/.obj), used as it is')
   p.add_argument('--gt', required=True, help='ground-truth mesh (model.obj), normalised and rotated per object')
   p.add_argument('--name', default='', help='GSO-eval object name (selects the GT rotation)')

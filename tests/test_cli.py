@@ -44,3 +44,18 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
     code, errors = _run(module, *args, tmp_path=tmp_path)
     assert code == 2 and len(errors) == 1 and errors[0].startswith(want), (args, errors)
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('module,args', [
+    ('hv_jax.evaluate', ['--pred', 'x']),
+    ('hv_jax.evaluate_mesh', ['--gt', 'model.obj']),
+    ('experiments.report', []),
+    ('convert.syncdreamer', ['--ckpt']),
+    ('convert.lpips', ['--unknown']),
+])
+def test_flag_mistakes_of_the_other_clis_are_one_line(module, args, tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(P.ROOT), JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                     timeout=300)
+  assert r.returncode == 2 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith('error: ') and f'python -m {module} --help for usage' in r.stderr
