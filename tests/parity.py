@@ -55,3 +55,20 @@ def nhwc(a):
 def tolerance(ref, rel: float = 1e-4) -> float:
   """atol = rel * max(1, max|ref|): ~1e-5 of the output's scale for single forward keys (fixture README)."""
   return rel * max(1.0, float(np.max(np.abs(ref))))
+
+
+def spread(name: str) -> float:
+  """The original's own float32 rounding spread `observed_tolerances[name].max_abs` (max|f32 - f64| of a part
+  re-run in float64 on the float32 run's inputs) of this set; 0 where the set does not record it."""
+  return float(config_json().get('observed_tolerances', {}).get(name, {}).get('max_abs', 0.0))
+
+
+def report(key: str, max_abs_err: float, atol: float, **extra) -> None:
+  """Append {'key', 'max_abs_err', 'atol', ...} to $HV_PARITY_REPORT (a JSON-lines file), if set."""
+  path = os.environ.get('HV_PARITY_REPORT')
+  if path:
+    rec = {'key': key, 'max_abs_err': float(max_abs_err), 'atol': float(atol), 'set': str(PARITY_DIR),
+           'test': os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}
+    rec.update(extra)
+    with open(path, 'a') as fh:
+      fh.write(json.dumps(rec) + '\n')

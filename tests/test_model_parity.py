@@ -5,12 +5,19 @@ for that stage, so an error is located where it arises. Tolerance: max-abs error
 scale (max|ref|, at least 1) for single forward passes -- the fixture README measured float32-vs-float64
 differences of 2e-6..5e-6 at scales 1..6 -- and 2e-5 x scale for eps_dg / eps_cfg, which multiply branch
 differences by up to 1 + s1 + s2 (fixture README, "Tolerances").
+
+The frustum features are the one place where a few float32 ulps of geometry become visible: they sample
+the spatial volume (values changing by up to ~4 per voxel) at 7 voxels per unit of the normalised
+coordinate, so an ulp of a frustum point (1.2e-7 at 1.7) moves a feature by up to ~3e-6, and the original's
+own float32 points are 1.5e-6 (12 ulps) from the exact ones (torch.inverse of the 4x4 projection). The
+port therefore computes the points and the trilinear weights rounding for rounding as the original
+(volume.frustum_points, layers._grid_sample): the points are bit-equal to `frustum_xyz` and the
+features' error is the 3-D net's own, which the original's float32-vs-float64 re-run puts at 3.7e-6 at a
+scale of 4.5 (`observed_tolerances.frustum_feats_r8_f32_vs_f64`), well inside 1e-5 x scale.
 """
 from __future__ import annotations
 
 import functools
-import json
-import os
 
 import chex
 import jax
@@ -28,6 +35,26 @@ from hv_jax.models.syncdreamer import SyncDreamer  # noqa: E402
 from hv_jax.sampling import guidance  # noqa: E402
 
 SINGLE, GUIDED = 1e-5, 2e-5
+# The set's `observed_tolerances` hold the original's own float32-vs-float64 spread (max|f32 - f64| of a part
+# re-run in float64 on the float32 run's inputs). The forward budget above covers a port that sums in another
+# order where the computation is well conditioned; where it is not (a UNet branch with zeroed conditions
+# normalises near-constant maps: in one generated set the original's eps_cfg_uncond is 3.4e-4 from its own
+# float64 value, eps_uc1 7.7e-5), the reference is only that accurate, and a float32 port lands a comparable
+# distance from the exact value: |ours - ref| <= |ours - exact| + |exact - ref| ~ 2 x spread. So a key's
+# bound is forward budget + SPREAD_FACTOR x spread, the spread read from the set (0 when not recorded).
+SPREAD_FACTOR = 2.0
+SPREAD_OF = {'clip_embed': 'clip_embed_f32_vs_f64', 'vae_moments': 'vae_moments_f32_vs_f64',
+             'vae_mean': 'vae_moments_f32_vs_f64', 'vae_logvar': 'vae_moments_f32_vs_f64',
+             'vae_decode_out': 'vae_decode_f32_vs_f64', 'step_t_embed': 'step_t_embed_f32_vs_f64',
+             'eps_plain': 'eps_cond_f32_vs_f64_same_inputs',
+             **{k: f'{k}_f32_vs_f64_same_inputs' for k in ('eps_cond', 'eps_uc1', 'eps_uc2', 'eps_cfg_uncond', 'eps_dg',
+                                                         'eps_cfg')},
+             **{f'frustum_feats_r{r}': f'frustum_feats_r{r}_f32_vs_f64' for r in (1, 2, 4, 8, 16, 32, 64)}}
+
+
+def reference_spread(key: str) -> float:
+  """The original's own float32 rounding spread on `key`, from the set's observed_tolerances (0: none)."""
+  return P.spread(SPREAD_OF.get(key, ''))
 # torch's float32 exp is within 1 ulp of the correctly rounded frequencies we use, but not equal to them
 # (2 of 128 differ for dim 256); at t = 999 one ulp of f moves t*f, hence cos/sin, by up to 6e-5.
 LOOSER = {'time_embed_sinusoid': 1e-4, 'time_embed_out': 1e-4}
@@ -136,15 +163,14 @@ def test_fixture_key(key):
   rel = LOOSER.get(key, GUIDED if key in ('eps_dg', 'eps_cfg') else SINGLE)
   scale = max(1.0, float(np.max(np.abs(ref))))
   err = float(np.max(np.abs(got - ref)))
-  report = os.environ.get('HV_PARITY_REPORT')
-  if report:
-    with open(report, 'a') as fh:
-      fh.write(json.dumps({'key': key, 'max_abs_err': err, 'scale': scale, 'atol': rel * scale}) + '\n')
-  chex.assert_trees_all_close(got, ref, atol=rel * scale, rtol=0)
+  atol = rel * scale + SPREAD_FACTOR * reference_spread(key)
+  P.report(key, err, atol, scale=scale, spread=reference_spread(key))
+  chex.assert_trees_all_close(got, ref, atol=atol, rtol=0)
 
 
 def test_plain_equals_cond_branch():
   """UNetWrapper.forward (no guidance) is the conditional branch (bit for bit in the original; here the
   batch shapes differ, so XLA may round differently)."""
   ref = outputs()['eps_cond']
-  chex.assert_trees_all_close(outputs()['eps_plain'], ref, atol=SINGLE * max(1.0, float(np.abs(ref).max())), rtol=0)
+  atol = SINGLE * max(1.0, float(np.abs(ref).max())) + SPREAD_FACTOR * reference_spread('eps_cond')
+  chex.assert_trees_all_close(outputs()['eps_plain'], ref, atol=atol, rtol=0)

@@ -29,10 +29,14 @@ def _lat(a):
   return np.moveaxis(np.asarray(a), -3, -1)
 
 
-def _close(got, ref, rel=1e-5, rtol=0.):
+def _close(got, ref, rel=1e-5, rtol=0., key=None):
   ref = np.asarray(ref)
-  chex.assert_shape(np.asarray(got), ref.shape)
-  chex.assert_trees_all_close(np.asarray(got), ref, atol=rel * max(1., float(np.abs(ref).max())), rtol=rtol)
+  got = np.asarray(got)
+  chex.assert_shape(got, ref.shape)
+  atol = rel * max(1., float(np.abs(ref).max())) if ref.size else rel
+  if key and ref.size:
+    P.report(key, np.max(np.abs(got.astype(np.float64) - ref)), atol, rtol=rtol, scale=float(np.abs(ref).max()))
+  chex.assert_trees_all_close(got, ref, atol=atol, rtol=rtol)
 
 
 def _steps():
@@ -66,7 +70,7 @@ def test_schedules():
     np.testing.assert_array_equal(s.timesteps, f[prefix + 'timesteps'])
     for name in ('alphas', 'alphas_prev', 'sigmas', 'sqrt_one_minus_alphas'):
       if prefix + name in f:
-        _close(getattr(s, name), f[prefix + name], rel=1e-6)
+        _close(getattr(s, name), f[prefix + name], rel=1e-6, key=prefix + name)
 
 
 def test_condition():
@@ -75,12 +79,13 @@ def test_condition():
   s = _sampler('harmonyview')
   cond = jax.jit(s.condition)(P.converted_params(), jnp.asarray(f['input_image']), jnp.asarray(f['input_elevation']),
                               None, jnp.asarray(P.nhwc(f['vae_sample_noise'])))
-  _close(cond.clip_embed, f['clip_embed'])
-  _close(cond.x_input, P.nhwc(f['x_input']))
-  _close(cond.v_embed, f['v_embed'])
+  _close(cond.clip_embed, f['clip_embed'], key='condition.clip_embed')
+  _close(cond.x_input, P.nhwc(f['x_input']), key='condition.x_input')
+  _close(cond.v_embed, f['v_embed'], key='condition.v_embed')
   mode = Sampler(P.model_config(), SamplerConfig(steps=_steps(), latent='mode'))
   _close(jax.jit(mode.condition)(P.converted_params(), jnp.asarray(f['input_image']),
-                                 jnp.asarray(f['input_elevation'])).x_input, P.nhwc(f['vae_mode_latent']))
+                                 jnp.asarray(f['input_elevation'])).x_input, P.nhwc(f['vae_mode_latent']),
+         key='condition.vae_mode_latent')
 
 
 @pytest.mark.parametrize('mode,key', [('harmonyview', 'ddim_step_out_dg'), ('cfg', 'ddim_step_out_cfg')])
@@ -91,7 +96,7 @@ def test_denoise_step(mode, key):
   out = jax.jit(s.denoise_step)(P.converted_params(), jnp.asarray(_lat(f['x_t'])), _cond(),
                                 jnp.asarray(f['step_index']), _scales(mode), 1.0,
                                 jnp.asarray(_lat(f['ddim_step_noise'])))
-  _close(out, _lat(f[key]), rel=1e-3, rtol=1e-3)
+  _close(out, _lat(f[key]), rel=1e-3, rtol=1e-3, key=key)
 
 
 def test_ddim_trajectory():
@@ -102,10 +107,10 @@ def test_ddim_trajectory():
   x0, inter = run(P.converted_params(), jnp.asarray(_lat(f['run_x_T'])), jnp.asarray(_lat(f['run_noises'])),
                   _scales('harmonyview'))
   for i in range(inter.shape[0]):
-    _close(inter[i], _lat(f['run_x_inter'][i]), rel=1e-3, rtol=1e-3)
-  _close(x0, _lat(f['run_x0']), rel=1e-3, rtol=1e-3)
+    _close(inter[i], _lat(f['run_x_inter'][i]), rel=1e-3, rtol=1e-3, key=f'run_x_inter[{i}]')
+  _close(x0, _lat(f['run_x0']), rel=1e-3, rtol=1e-3, key='run_x0')
   decoded = jax.jit(s.decode)(P.converted_params(), jnp.asarray(_lat(f['run_x0'])))
-  _close(decoded, np.moveaxis(f['run_decoded'], -3, -1), rel=1e-5)
+  _close(decoded, np.moveaxis(f['run_decoded'], -3, -1), rel=1e-5, key='run_decoded')
 
 
 def test_shared_volumes_equal_per_branch_volumes():
@@ -117,4 +122,13 @@ def test_shared_volumes_equal_per_branch_volumes():
   args = (P.converted_params(), jnp.asarray(_lat(f['x_t'])), jnp.asarray(f['step_t']), _cond(), mult)
   shared = jax.jit(lambda *a: s.branch_eps(*a, share_volume=True))(*args)
   separate = jax.jit(lambda *a: s.branch_eps(*a, share_volume=False))(*args)
-  _close(shared, separate, rel=1e-5)
+  # both are float32 roundings of the same values, batched differently: the forward budget, plus twice the
+  # original's own float32 spread on these branches where the set records it (an ill-conditioned branch
+  # moves by that much under any change of summation order; test_model_parity.SPREAD_FACTOR)
+  obs = P.config_json().get('observed_tolerances', {})
+  spread = max(obs.get(f'{k}_f32_vs_f64_same_inputs', {}).get('max_abs', 0.0)
+               for k in ('eps_cond', 'eps_uc1', 'eps_uc2'))
+  ref = np.asarray(separate)
+  atol = 1e-5 * max(1., float(np.abs(ref).max())) + 2.0 * spread
+  P.report('branch_eps shared vs separate volumes', np.max(np.abs(np.asarray(shared) - ref)), atol)
+  chex.assert_trees_all_close(np.asarray(shared), ref, atol=atol, rtol=0)

@@ -267,23 +267,45 @@ def _grid_sample(feats, grid):
 
   feats: [S_0, ..., S_{n-1}, C] (spatial axes in array order), grid: [..., n] with coordinates in
   reversed order (x indexes the last spatial axis), each in [-1, 1].
+
+  The 3-d case rounds as torch's CPU grid_sampler_3d does: per-axis weights (i0 + 1 - p) and (p - i0),
+  multiplied x, y, z in that order, and the eight corner terms, each product rounded, added one by one.
+  The sampled volume changes steeply between voxels, so the frustum features keep every ulp they can.
   """
   n = grid.shape[-1]
   sizes = feats.shape[:n]
   # grid axis j addresses spatial axis n-1-j; align_corners=True: -1 -> 0, 1 -> size-1.
   pos = jnp.stack([(grid[..., n - 1 - a] + 1) / 2 * (sizes[a] - 1) for a in range(n)], -1)
   base = jnp.floor(pos)
-  frac = pos - base
+  if n == 3:
+    lo, hi = (base + 1) - pos, pos - base                   # weights of corner offsets 0 and 1, per axis
+  else:
+    hi = pos - base
+    lo = 1 - hi
   base = base.astype(jnp.int32)
   out = 0.
   for corner in np.ndindex(*(2,) * n):
     off = jnp.asarray(corner, jnp.int32)
     idx = base + off
-    w = jnp.prod(jnp.where(off == 1, frac, 1 - frac), axis=-1)
+    ws = [hi[..., a] if corner[a] else lo[..., a] for a in range(n)]
+    w = ws[n - 1]
+    for a in range(n - 2, -1, -1):                          # x * y (* z): last spatial axis first
+      w = w * ws[a]
     valid = jnp.all((idx >= 0) & (idx < jnp.asarray(sizes)), axis=-1)
     val = _gather_nd(feats, jnp.clip(idx, 0, jnp.asarray(sizes) - 1))
-    out = out + val * (w * valid)[..., None].astype(feats.dtype)
+    term = val * (w * valid)[..., None].astype(feats.dtype)
+    out = out + (round_before_add(term) if n == 3 else term)
   return out
+
+
+def round_before_add(p):
+  """p itself, rounded to its dtype before anything is added to it.
+
+  XLA (CPU and GPU) contracts `a * b + c` into one fused multiply-add (one rounding) where torch's kernels
+  round the product first. A select on `p == p` between the multiply and the add is an identity (a NaN
+  stays NaN) that the compiler cannot fuse through.
+  """
+  return jnp.where(p == p, p, jnp.nan)
 
 
 def grid_sample_2d(feats, grid):

@@ -15,9 +15,11 @@ from typing import Any, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hv_jax.models.config import VolumeConfig
-from hv_jax.models.layers import ConvTranspose3d, GroupNorm, conv, grid_sample_2d, grid_sample_3d
+from hv_jax.models.layers import (ConvTranspose3d, GroupNorm, conv, grid_sample_2d, grid_sample_3d,
+                                  round_before_add)
 
 Dtype = Any
 
@@ -56,15 +58,78 @@ def frustum_points(depth: int, size: int, image_size: int, Ks, poses, near: floa
 
   Pixel (u, v) of the size x size target map at depth z back-projects through the inverse of the
   (ratio-scaled) 4x4 projection matrix; pixel centres at integer coordinates (kornia create_meshgrid).
+
+  Computed in float32 exactly as the original does, rounding for rounding (see `_torch_inverse` and
+  `_torch_linspace`): these points are sampled from a spatial volume whose values change by up to ~4 per
+  voxel, at 7 voxels per unit of the normalised coordinate, so a few float32 ulps here (a generic matrix
+  inverse differs from torch.inverse by up to 6 ulps) become ~1e-5 in the frustum features -- several
+  times the original's own float32 spread on the 3-D net.
   """
-  z = jnp.linspace(0., 1., depth, dtype=jnp.float32) * (far - near) + near
-  ys, xs = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
-                        indexing='ij')
-  pix = jnp.stack([xs, ys, jnp.ones_like(xs)], -1)                     # h w 3
-  pts = pix[None] * z[:, None, None, None]                              # D h w 3
-  inv = jnp.linalg.inv(projection_matrix(size / image_size, Ks, poses))  # N 4 4
-  world = jnp.einsum('nij,dhwj->ndhwi', inv[:, :3, :3], pts) + inv[:, None, None, None, :3, 3]
-  return world, z
+  f32 = np.float32
+  near32, far32 = f32(near), f32(far)
+  # depth_values = linspace(0, 1, D) * (far - near) + near, as separate float32 ops (torch tensors)
+  z = jnp.asarray(_torch_linspace(0., 1., depth) * f32(far32 - near32) + near32, jnp.float32)
+  ys, xs = np.meshgrid(np.arange(size, dtype=f32), np.arange(size, dtype=f32), indexing='ij')
+  pix = jnp.asarray(np.stack([xs, ys, np.ones_like(xs)], 0))                          # 3 h w
+  pts = pix[:, None] * z[None, :, None, None]                                          # 3 D h w
+  inv = _torch_inverse(projection_matrix(size / image_size, Ks, poses))                # N 4 4
+  # inv[:3, :3] @ pts + inv[:3, 3]: the three products rounded, summed left to right (torch's bmm here)
+  rows = []
+  for i in range(3):
+    acc = round_before_add(inv[:, i, 0, None, None, None] * pts[None, 0])
+    acc = acc + round_before_add(inv[:, i, 1, None, None, None] * pts[None, 1])
+    acc = acc + round_before_add(inv[:, i, 2, None, None, None] * pts[None, 2])
+    rows.append(acc + inv[:, i, 3, None, None, None])
+  return jnp.stack(rows, -1), z
+
+
+def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+  """torch.linspace(start, end, steps) in float32 as torch's CPU kernel computes it: the first half
+  start + step * i, the second half end - step * (steps - 1 - i), each a fused multiply-add."""
+  f32 = np.float32
+  start, end = f32(start), f32(end)
+  if steps == 1:
+    return np.asarray([start], f32)
+  step = f32(f32(end - start) / f32(steps - 1))
+  i = np.arange(steps)
+  # a float32 fma via float64: the product of two float32 is exact in float64, and so is its sum with a
+  # float32 of similar size here, so the single rounding to float32 is the fma's
+  lo = np.float64(start) + np.float64(step) * i
+  hi = np.float64(end) - np.float64(step) * (steps - 1 - i)
+  return np.where(i < steps // 2, lo, hi).astype(f32)
+
+
+def _torch_inverse(a):
+  """torch.inverse of a batch of 4x4 float32 matrices [N, 4, 4], rounding for rounding as torch's CPU
+  LAPACK path computes it (checked bit for bit on the SyncDreamer cameras): LU with partial pivoting
+  (pivot column scaled by the reciprocal pivot, rank-1 update), then for each column of the identity a
+  forward substitution (unit lower) and a back substitution whose dot product is summed from the last
+  column down and multiplied by the reciprocal diagonal. Products are rounded before each add
+  (`round_before_add`)."""
+  n = a.shape[-1]
+  rows = jnp.arange(n)
+  perm = jnp.broadcast_to(rows, a.shape[:-1])
+  for k in range(n):
+    p = k + jnp.argmax(jnp.abs(a[:, k:, k]), axis=-1)                                  # first maximum
+    swap = jnp.where(rows == k, p[:, None], jnp.where(rows == p[:, None], k, rows))    # N n
+    a = jnp.take_along_axis(a, swap[:, :, None], axis=1)
+    perm = jnp.take_along_axis(perm, swap, axis=1)
+    col = a[:, k + 1:, k] * (np.float32(1) / a[:, k, k])[:, None]
+    a = a.at[:, k + 1:, k].set(col)
+    a = a.at[:, k + 1:, k + 1:].add(-round_before_add(col[:, :, None] * a[:, k, None, k + 1:]))
+  x = (perm[:, :, None] == rows).astype(a.dtype)                                       # P @ I
+  xs = [x[:, i] for i in range(n)]                                                     # rows of X
+  for i in range(n):                                                                   # L y = P b
+    for k in range(i):
+      xs[i] = xs[i] - round_before_add(a[:, i, k, None] * xs[k])
+  for i in reversed(range(n)):                                                         # U x = y
+    if i < n - 1:
+      s = round_before_add(a[:, i, n - 1, None] * xs[n - 1])
+      for k in range(n - 2, i, -1):
+        s = s + round_before_add(a[:, i, k, None] * xs[k])
+      xs[i] = xs[i] - s
+    xs[i] = xs[i] * (np.float32(1) / a[:, i, i])[:, None]
+  return jnp.stack(xs, 1)
 
 
 # ----------------------------------------------------------------------------- networks
