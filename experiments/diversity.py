@@ -301,12 +301,9 @@ def check_study(out: pathlib.Path, identity: dict) -> None:
     old = json.loads(path.read_text())['identity']
   except (OSError, ValueError, KeyError) as e:
     raise UserError(f'{path} is unreadable ({e}): not a study folder? use a new output_dir') from e
-  diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+  diff = checks.settings_difference(old, identity)
   if diff:
-    show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
-    k = diff[0]
-    raise UserError(f'{out} holds a study with different settings ({", ".join(diff)}; e.g. {k}: '
-                    f'{show(old.get(k))} there, {show(identity.get(k))} now): use a new output_dir or the old '
+    raise UserError(f'{out} holds a study with different settings ({diff}): use a new output_dir or the old '
                     'settings')
 
 

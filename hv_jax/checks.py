@@ -65,3 +65,13 @@ def differing_keys(old, new, prefix: str = '') -> list:
     return [d for k in sorted(set(old) | set(new), key=str)
             for d in differing_keys(old.get(k), new.get(k), f'{prefix}{k}.')]
   return [] if old == new else [prefix[:-1] or 'identity']
+
+
+def settings_difference(old: dict, new: dict) -> str:
+  """'' when two settings dicts are equal, else '<keys that differ>; e.g. <key>: <old> there, <new> now'."""
+  diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  if not diff:
+    return ''
+  show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
+  k = diff[0]
+  return f'{", ".join(diff)}; e.g. {k}: {show(old.get(k))} there, {show(new.get(k))} now'

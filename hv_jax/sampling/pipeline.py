@@ -357,14 +357,10 @@ def instances_to_sample(folder: pathlib.Path, settings: dict, sample_num: int) -
       raise UserError(f'{folder} holds strips but no {MANIFEST}, so their settings are unknown: use another '
                       f'output_dir, or delete {folder} to sample it again')
     return list(range(sample_num))
-  old = manifest['settings']
-  diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+  diff = checks.settings_difference(manifest['settings'], settings)
   if diff:
-    show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
-    k = diff[0]
-    raise UserError(f'{folder} holds instances made with other settings ({", ".join(diff)}; e.g. {k}: '
-                    f'{show(old.get(k))} there, {show(settings.get(k))} now): use another output_dir, or delete '
-                    f'{folder} to sample it again')
+    raise UserError(f'{folder} holds instances made with other settings ({diff}): use another output_dir, or '
+                    f'delete {folder} to sample it again')
   hashes = manifest.get('strips_sha256', {}) if manifest.get('complete') else {}
   todo = []
   for k in sorted(set(range(sample_num)) | set(strips)):
