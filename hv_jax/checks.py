@@ -72,6 +72,7 @@ def settings_difference(old: dict, new: dict) -> str:
   diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
   if not diff:
     return ''
-  show = lambda v: 'another value' if isinstance(v, (dict, list)) else repr(v)
-  k = diff[0]
+  nested = lambda v: isinstance(v, (dict, list))
+  k = next((k for k in diff if not (nested(old.get(k)) or nested(new.get(k)))), diff[0])   # a readable example
+  show = lambda v: 'another value' if nested(v) else repr(v)
   return f'{", ".join(diff)}; e.g. {k}: {show(old.get(k))} there, {show(new.get(k))} now'
