@@ -97,7 +97,7 @@ def scenario(name: str, ckpt: pathlib.Path, converted: pathlib.Path, cache: path
   elif name == 'first_use_in_process':   # the former convert_cached: syncdreamer.run in the sampler's process
     syncdreamer.run(str(ckpt), str(cache), model_config='tiny' if tiny else None, verbose=False)
     c.checkpoint = str(cache)
-  params, model_config, _ = pipeline.load_weights(c)
+  params, model_config, _ = pipeline.load_weights(c, syncdreamer.convert_for_sampler)   # as hv_jax.sample
   mesh = parallel.make_mesh()
   params = jax.block_until_ready(jax.device_put(params, parallel.replicated(mesh)))
   rec['load_s'] = time.time() - t   # (includes the conversion in the first_use* scenarios)

@@ -72,8 +72,7 @@ def main():
   p.add_argument('--tiny', action='store_true', help='the demo model instead of the full size (smoke run)')
   args = p.parse_args()
   if args.tiny:
-    from hv_jax.sampling.pipeline import tiny_model_config
-    cfg = tiny_model_config()
+    cfg = ModelConfig.tiny()
   else:
     cfg = ModelConfig.full()
   t0 = time.time()

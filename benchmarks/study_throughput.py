@@ -28,9 +28,10 @@ CHILD = textwrap.dedent('''
     from unet import jaxpr_flops, matmul_peak
     from hv_jax.sampling import pipeline
     from hv_jax.sampling.sampler import SamplerConfig, instance_keys
+    from hv_jax.models.config import ModelConfig
     from hv_jax.models.init import random_params
     b, steps, repeats = %(instances)d, %(steps)d, %(repeats)d
-    cfg = pipeline.tiny_model_config()
+    cfg = ModelConfig.tiny()
     params = random_params(cfg, 0)
     sconf = SamplerConfig(steps=steps, view_chunk=%(view_chunk)d)
     mesh_devices = tuple(jax.devices())

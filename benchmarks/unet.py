@@ -1,4 +1,5 @@
-"""Full-size DepthWiseAttention UNet on one HarmonyView step (16 views x 3 guidance branches = 48 rows).
+"""Full-size DepthWiseAttention UNet on one HarmonyView step (16 views x 3 guidance branches = 48 rows),
+per lowering (hv_jax.models.config.Lowering: ModelConfig.conv_impl / attn_impl).
 
 Random weights (just the UNet's params, initialised under jit), float32 inputs of the real shapes:
 x [B, 32, 32, 8], timesteps [B], context [B, 1, 768], frustum volumes [B, 48, 32, 32, 64] ...
@@ -12,12 +13,15 @@ several), and peak memory (process ru_maxrss; XLA's temp buffer size for the com
   PYTHONPATH=. python benchmarks/unet.py --torch         # also the original PyTorch UNet (needs einops
                                                          # and the original repo at --torch-ref)
   PYTHONPATH=. python benchmarks/unet.py --compare      # fast and reference lowering, alternated
+  PYTHONPATH=. python benchmarks/unet.py --impl all --models full,tiny --batch 12 --repeats 10 \
+      --matmul-size 8192                                  # choosing the GPU default (docs/speed.md)
 
 XLA flags must be set before JAX starts: use --xla-flags (appended to $XLA_FLAGS).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import resource
 import statistics
@@ -33,11 +37,14 @@ def parse_args(argv=None):
   p.add_argument('--chunks', type=int, default=0,
                  help='rows per chunk: run the UNet over the batch with lax.map in chunks of this many rows '
                       '(0 = the whole batch in one call)')
-  p.add_argument('--impl', choices=['fast', 'reference'], default='fast',
-                 help='fast: layers.CONV_IMPL="auto", unet.ATTN_IMPL="fast" (the defaults); reference: '
-                      'CONV_IMPL="xla", ATTN_IMPL="reference" (the literal formulation)')
-  p.add_argument('--compare', action='store_true',
-                 help='also compile the other --impl and alternate the two in the timed repeats')
+  p.add_argument('--impl', default='fast',
+                 help='comma-separated lowerings: fast = conv_impl "tuned" + attn_impl "fast" (the CPU default); '
+                      'reference = "xla" + "reference" (the literal formulation); xla_fast, tuned_reference (the '
+                      'mixed ones); auto = what ModelConfig\'s "auto" resolves to on this backend; all = fast, '
+                      'reference, xla_fast. More than one: alternated in the timed repeats')
+  p.add_argument('--compare', action='store_true', help='also the reference lowering (same as --impl IMPL,reference)')
+  p.add_argument('--models', default='full', help='comma-separated model sizes: full, tiny (ModelConfig.full/tiny)')
+  p.add_argument('--compile-threads', type=int, default=4, help='lowerings compiled concurrently')
   p.add_argument('--repeats', type=int, default=3, help='steady-state forward calls timed')
   p.add_argument('--matmul-size', type=int, default=2048, help='square float32 matmul for the in-run peak')
   p.add_argument('--matmul-repeats', type=int, default=5)
@@ -58,9 +65,7 @@ import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hv_jax.models import layers  # noqa: E402
 from hv_jax.models.config import ModelConfig  # noqa: E402
-from hv_jax.models import unet as unet_mod  # noqa: E402
 from hv_jax.models.unet import DepthWiseAttentionUNet  # noqa: E402
 
 
@@ -201,34 +206,75 @@ def run_torch(args, cfg, inputs):
 
 
 # ------------------------------------------------------------------------------------------- main
-IMPLS = {  # --impl: (layers.CONV_IMPL, unet.ATTN_IMPL)
-    'fast': ('auto', 'fast'),
+LOWERINGS = {  # --impl name: (ModelConfig.conv_impl, ModelConfig.attn_impl)
+    'fast': ('tuned', 'fast'),
     'reference': ('xla', 'reference'),
+    'xla_fast': ('xla', 'fast'),
+    'tuned_reference': ('tuned', 'reference'),
 }
 
 
-def set_impl(impl: str):
-  layers.CONV_IMPL, unet_mod.ATTN_IMPL = IMPLS[impl]
+def lowering_names(args) -> list:
+  names = []
+  for name in args.impl.split(','):
+    name = name.strip()
+    if name == 'all':
+      names += ['fast', 'reference', 'xla_fast']
+    elif name == 'auto':
+      lw = ModelConfig().lowering()
+      names.append(next(k for k, v in LOWERINGS.items() if v == (lw.conv, lw.attn)))
+    elif name in LOWERINGS:
+      names.append(name)
+    else:
+      raise SystemExit(f'--impl {name!r}: use {", ".join(LOWERINGS)}, auto or all')
+  if args.compare:
+    names.append('reference')
+  return list(dict.fromkeys(names))
+
+
+def unet_of(cfg: ModelConfig, impl: str, dtype, remat: bool) -> DepthWiseAttentionUNet:
+  """The UNet with lowering `impl`: a static module field, so each lowering is its own jit trace."""
+  return DepthWiseAttentionUNet(cfg.unet, dtype, remat, cfg.with_lowering(*LOWERINGS[impl]).lowering())
 
 
 def main(args):
-  cfg = ModelConfig.full()
+  impls = lowering_names(args)
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
-  model = DepthWiseAttentionUNet(cfg.unet, dtype, args.remat)
-  impls = [args.impl] + ([i for i in IMPLS if i != args.impl] if args.compare else [])
-  print(f'jax {jax.__version__} {jax.devices()[0].platform}, {os.cpu_count()} cpus, batch {args.batch}, '
-        f'dtype {args.dtype}, impl {"+".join(impls)} ({", ".join(f"{i}: conv {IMPLS[i][0]}/attn {IMPLS[i][1]}" for i in impls)}), '
-        f'chunks {args.chunks or "-"}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+  print(f'jax {jax.__version__} {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), {os.cpu_count()} cpus, '
+        f'batch {args.batch}, dtype {args.dtype}, models {args.models}, impl {"+".join(impls)} '
+        f'({", ".join(f"{i}: conv {LOWERINGS[i][0]}/attn {LOWERINGS[i][1]}" for i in impls)}; auto here: '
+        f'{ModelConfig().lowering()}), chunks {args.chunks or "-"}, '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+  summary = []
+  for size in args.models.split(','):
+    size = size.strip()
+    if size not in ('full', 'tiny'):
+      raise SystemExit(f'--models {size!r}: use full or tiny')
+    summary += run_model(args, size, getattr(ModelConfig, size)(), dtype, impls)
+  if len(summary) > 1:
+    print()
+    print('summary (fraction: model FLOPs / best time / best in-run matmul rate; vs first: best time / the first '
+          'lowering\'s best time, same model)')
+    print(f'{"model":6s} {"lowering":16s} {"conv":6s} {"attn":9s} {"best s":>9s} {"median s":>9s} {"fraction":>8s} '
+          f'{"vs first":>8s}')
+    for size, impl, best, med, frac, rel in summary:
+      print(f'{size:6s} {impl:16s} {LOWERINGS[impl][0]:6s} {LOWERINGS[impl][1]:9s} {best:9.4f} {med:9.4f} '
+            f'{frac:8.3f} {rel:8.3f}')
 
+
+def run_model(args, size, cfg, dtype, impls):
+  """Compiles and times the UNet of `cfg` for each lowering; prints its table, returns summary rows."""
+  print(f'\n=== {size} model ===', flush=True)
+  models = {impl: unet_of(cfg, impl, dtype, args.remat) for impl in set(impls) | {'reference'}}
   inputs = unet_inputs(cfg, args.batch, args.seed)
   t0 = time.perf_counter()
   one = jax.tree.map(lambda a: a[:1], inputs)
-  params = random_params(model, one, args.seed)
+  params = random_params(models['reference'], one, args.seed)   # the same tree for every lowering
   n_params = sum(p.size for p in jax.tree.leaves(params))
   print(f'init: {n_params / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s', flush=True)
 
-  def make_forward():
-    """A fresh function per variant: jit's trace cache must not hand one variant the other's trace."""
+  def make_forward(model):
+    """A fresh function per variant (each closes over its own module)."""
     def forward(p, x, t, ctx, vols):
       if not args.chunks or args.chunks >= x.shape[0]:
         return model.apply({'params': p}, x, t, ctx, vols)
@@ -241,17 +287,29 @@ def main(args):
 
   # Model FLOPs: the literal formulation's dot/conv FLOPs (what the original computes); a variant that
   # reorders the maths (depth attention) executes fewer, counted separately.
-  set_impl('reference')
-  model_flops = jaxpr_flops(jax.make_jaxpr(make_forward())(params, *inputs).jaxpr)
+  model_flops = jaxpr_flops(jax.make_jaxpr(make_forward(models['reference']))(params, *inputs).jaxpr)
 
+  # Trace every variant, then compile them concurrently (XLA compiles without the GIL): on an accelerator
+  # host the compiles are most of the run.
+  lowered, t_lower = {}, {}
+  for impl in impls:
+    t0 = time.perf_counter()
+    lowered[impl] = jax.jit(make_forward(models[impl])).lower(params, *inputs)
+    t_lower[impl] = time.perf_counter() - t0
+
+  def compile_one(impl):
+    t0 = time.perf_counter()
+    return lowered[impl].compile(), time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.compile_threads)) as pool:
+    compiled_all = dict(zip(impls, pool.map(compile_one, impls)))
+  print(f'traced in {sum(t_lower.values()):.1f} s, compiled {len(impls)} lowerings in {time.perf_counter() - t0:.1f} s '
+        f'({args.compile_threads} at a time)', flush=True)
   runs = {}
   for impl in impls:
-    set_impl(impl)
-    t0 = time.perf_counter()
-    forward = make_forward()
-    compiled = jax.jit(forward).lower(params, *inputs).compile()
-    t_compile = time.perf_counter() - t0
-    executed = jaxpr_flops(jax.make_jaxpr(forward)(params, *inputs).jaxpr)
+    compiled, t_compile = compiled_all.pop(impl)
+    executed = jaxpr_flops(jax.make_jaxpr(make_forward(models[impl]))(params, *inputs).jaxpr)
     try:
       ca = compiled.cost_analysis()
       ca = ca[0] if isinstance(ca, (list, tuple)) else ca
@@ -269,8 +327,8 @@ def main(args):
       raise SystemExit(f'{impl}: non-finite UNet output')
     runs[impl] = dict(compiled=compiled, compile=t_compile, first=t_first, executed=executed, xla=flops_xla,
                       temp=temp_gib, out=np.asarray(out), times=[])
-    print(f'{impl}: compile {t_compile:.1f} s, first call {t_first:.1f} s, executed dot/conv FLOPs '
-          f'{executed / 1e12:.3f} T, XLA cost analysis {flops_xla / 1e12:.3f} T, XLA temp buffers '
+    print(f'{impl}: trace {t_lower[impl]:.1f} s, compile {t_compile:.1f} s, first call {t_first:.2f} s, executed '
+          f'dot/conv FLOPs {executed / 1e12:.4g} T, XLA cost analysis {flops_xla / 1e12:.4g} T, XLA temp buffers '
           f'{temp_gib:.2f} GiB, RSS so far {rss_gib():.2f} GiB', flush=True)
     del out
 
@@ -283,18 +341,20 @@ def main(args):
       runs[impl]['times'] += timed(lambda: runs[impl]['compiled'](params, *inputs), 1)
       peaks.append(matmul_peak(args.matmul_size, args.matmul_repeats))
       runs[impl].setdefault('local_peaks', []).append((peaks[-2] + peaks[-1]) / 2)
-      print(f'  {impl}: {runs[impl]["times"][-1]:.2f} s (matmul {peaks[-2]:.1f} / {peaks[-1]:.1f} GFLOP/s around it)',
+      print(f'  {impl}: {runs[impl]["times"][-1]:.4f} s (matmul {peaks[-2]:.1f} / {peaks[-1]:.1f} GFLOP/s around it)',
             flush=True)
 
   rows = [(f'jax {impl}', min(r['times']), statistics.median(r['times']), r['executed']) for impl, r in runs.items()]
-  if len(runs) > 1:
+  if 'reference' in runs and len(runs) > 1:
     ref = runs['reference']['out']
-    for impl in impls[:1]:
-      print(f'max |{impl} - reference| = {np.abs(runs[impl]["out"] - ref).max():.2e} (output scale '
-            f'{np.abs(ref).max():.2f})')
+    for impl in impls:
+      if impl != 'reference':
+        print(f'max |{impl} - reference| = {np.abs(runs[impl]["out"] - ref).max():.2e} (output scale '
+              f'{np.abs(ref).max():.2f})')
   for r in runs.values():
     r.pop('compiled')
-  if args.torch:
+  torch_local = None
+  if args.torch and size == 'full':
     del params
     p0 = matmul_peak(args.matmul_size, args.matmul_repeats)
     tts = run_torch(args, cfg, inputs)
@@ -305,26 +365,30 @@ def main(args):
 
   peak = max(peaks)
   print()
-  print(f'model FLOPs (dot+conv of the original formulation): {model_flops / 1e12:.3f} T for {args.batch} rows')
+  print(f'model FLOPs (dot+conv of the original formulation): {model_flops / 1e12:.4g} T for {args.batch} rows')
   print(f'float32 matmul rate ({args.matmul_size}^3, best of {args.matmul_repeats}, between UNet calls): '
         f'{", ".join("%.1f" % p for p in peaks)} GFLOP/s -> peak {peak:.1f}')
-  local = {'torch original': torch_local} if args.torch else {}
+  local = {'torch original': torch_local} if torch_local is not None else {}
   for impl, r in runs.items():
     fr = [model_flops / t / 1e9 / p for t, p in zip(r['times'], r['local_peaks'])]
     local[f'jax {impl}'] = statistics.median(fr)
-    print(f'{impl}: steady-state times {", ".join("%.2f" % t for t in r["times"])} s; fraction of the matmul '
+    print(f'{impl}: steady-state times {", ".join("%.4f" % t for t in r["times"])} s; fraction of the matmul '
           f'rate measured around each call {", ".join("%.3f" % f for f in fr)}')
   print(f'peak RSS {rss_gib():.2f} GiB (whole process)')
   print()
-  print(f'{"":16s} {"best s":>7s} {"median s":>8s} {"model TF":>8s} {"exec TF":>7s} {"GFLOP/s":>7s} '
+  print(f'{"":20s} {"best s":>8s} {"median s":>8s} {"model TF":>8s} {"exec TF":>7s} {"GFLOP/s":>8s} '
         f'{"peak GF/s":>9s} {"fraction":>8s} {"local frac":>10s}')
   for name, b, m, fl in rows:
     rate = model_flops / b / 1e9
     loc = local.get(name, float('nan'))
-    print(f'{name:16s} {b:7.2f} {m:8.2f} {model_flops / 1e12:8.3f} {fl / 1e12:7.3f} {rate:7.1f} {peak:9.1f} '
+    print(f'{name:20s} {b:8.4f} {m:8.4f} {model_flops / 1e12:8.3f} {fl / 1e12:7.3f} {rate:8.1f} {peak:9.1f} '
           f'{rate / peak:8.3f} {loc:10.3f}')
   print('GFLOP/s and fractions use the model FLOPs. fraction: best-time rate / best matmul rate of the run;\n'
         'local frac: median over calls of (rate / mean of the matmul rates measured just before and after).')
+  first = min(runs[impls[0]]['times'])
+  return [(size, impl, min(r['times']), statistics.median(r['times']), model_flops / min(r['times']) / 1e9 / peak,
+           min(r['times']) / first) for impl, r in runs.items()]
+
 
 if __name__ == '__main__':
   main(ARGS)

@@ -31,9 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'           # UNet compute dtype: 'float32' | 'bfloat16'
   c.batch_view_num = 4          # views (x instances) per UNet call, each call evaluating all guidance branches of
                                 # those views (4 views x 3 branches = 12 rows); sequential chunks; 0 = all at once.
-                                # 4 is the original yaml's value; on a 2-core CPU it is as fast as three separate
-                                # branch calls and needs 2.4 GiB of XLA temp instead of 5.9 (benchmarks/sample_step.py).
-                                # On a GPU/TPU with memory to spare, 0 (one 48-row call) is the fastest.
+                                # 4 is the original yaml's value; speed and memory per value: docs/speed.md.
   c.decode_chunk = 4            # views per VAE-decoder call
   c.remat = False               # rematerialise UNet blocks (less memory, more compute)
   c.per_device_batch = 1        # instances per device per call

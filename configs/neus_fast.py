@@ -2,14 +2,14 @@
 
   python -m hv_jax.reconstruct --config=configs/neus_fast.py --config.input=PATH --config.output_dir=DIR
 
-Changes against configs/neus.py (docs/neus.md has the figures):
+Changes against configs/neus.py (the measurements behind each: docs/neus.md, "configs/neus_fast.py" and
+"Tuning on real objects"):
 - SDF field: dense multi-resolution feature grids (32^3, 64^3, 128^3, 4 channels) + a 2x64 MLP on a sphere
   prior (GridSDFConfig) instead of the 8x256 positional-encoding MLP; colour MLP 2x64.
 - Samples only inside the cube |x| <= 0.6 (where the original's renderer keeps them anyway), 24 + 24 per ray
   (2 up-sampling rounds).
 - 768 + 256 rays per step, 800 steps at lr 1e-3 after a 50-step warm-up (the original's step decay is
-  pushed past the end of the run: the field is still underfit there; on blocks, 600 steps decayed x0.14
-  halfway gave Chamfer 0.0143, 600 constant 0.0131, 800 constant 0.0104); grids and the variance at 20x the
+  pushed past the end of the run: the field is still underfit there); grids and the variance at 20x the
   MLP learning rate.
 - Mesh at 256^3 (0.0047 spacing, below the 0.01 voxel of the Chamfer evaluation), with the space below
   -top cut (mesh_floor='mirror_top', hv_jax.neus.mesh.mirror_top_floor: the GSO renderings centre the

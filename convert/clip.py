@@ -17,10 +17,13 @@ import os
 import re
 from typing import Dict, Optional, Tuple
 
+import jax
 import numpy as np
+from flax import traverse_util
 
-from convert import names
-from convert.syncdreamer import ConversionError, Report, convert_tensors, load_state_dict, to_numpy
+from convert.torch_io import ConversionError, Report, convert_tensors, load_state_dict, to_numpy
+from hv_jax.models import clip
+from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
 
 PREFIXES = (('visual.', ('visual',)), ('', ('text',)))
 
@@ -42,7 +45,6 @@ def _allowed(key: str) -> Optional[str]:
 
 def config_from_openai(sd) -> 'CLIPModelConfig':
   """`clip.build_model` (ViT variant): every dimension from tensor shapes."""
-  from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
   need = ['visual.conv1.weight', 'visual.positional_embedding', 'visual.proj', 'token_embedding.weight',
           'positional_embedding', 'ln_final.weight', 'text_projection']
   missing = [k for k in need if k not in sd]
@@ -65,7 +67,6 @@ def config_from_openai(sd) -> 'CLIPModelConfig':
 
 def config_from_hf(cfg: dict) -> 'CLIPModelConfig':
   """A transformers `CLIPConfig` dict; refuses what the OpenAI architecture cannot express."""
-  from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
   v, t = cfg.get('vision_config', {}), cfg.get('text_config', {})
   bad = [f'{side}.{k}={c.get(k)!r}' for side, c in (('vision_config', v), ('text_config', t))
          for k, ok in (('hidden_act', 'quick_gelu'), ('layer_norm_eps', 1e-5)) if c.get(k, ok) != ok]
@@ -153,16 +154,12 @@ def openai_names_from_hf(sd: Dict[str, object], report: Report) -> Dict[str, np.
 # ----------------------------------------------------------------------------- conversion
 
 def target_shapes(config) -> Dict[Tuple[str, ...], Tuple[tuple, object]]:
-  import jax
-  from flax import traverse_util
-  from hv_jax.models import clip
   flat = traverse_util.flatten_dict(jax.eval_shape(lambda: clip.init_params(config)))
   return {k: (tuple(v.shape), v.dtype) for k, v in flat.items()}
 
 
 def convert_openai_layout(sd: Dict[str, object], config, report: Optional[Report] = None):
   """OpenAI-layout state dict -> (nested params, Report); ConversionError lists every problem by name."""
-  from flax import traverse_util
   report = report or Report()
   targets = target_shapes(config)
   items = (('token_embedding' if k == 'token_embedding.weight' else k, v) for k, v in sd.items())
@@ -204,7 +201,7 @@ def load(path: str):
     st = os.path.join(path, 'model.safetensors')
     if os.path.isfile(st):
       try:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # lazy: optional dependency (extras eval/test), HF folders only
         sd = load_file(st)
       except Exception as e:  # noqa: BLE001  (safetensors raises its own error types for bad files)
         raise ConversionError(f'{st} is not a readable safetensors file (truncated or corrupt?): {e}') from e

@@ -26,9 +26,12 @@ import sys
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+from flax import traverse_util
 
-from convert.syncdreamer import ConversionError, to_numpy
+from convert.torch_io import ConversionError, load_state_dict, to_numpy
 from hv_jax import cli
+from hv_jax.metrics import lpips
+from hv_jax.metrics.lpips import save_npz
 
 # torchvision VGG16 classifier: Linear 25088->4096, ReLU, Dropout, Linear 4096->4096, ReLU, Dropout, Linear ->1000.
 TORCHVISION_UNUSED = {f'classifier.{i}.{p}': 'torchvision VGG16 classifier head (lpips uses features only)'
@@ -43,7 +46,6 @@ _LIN = re.compile(r'^(?:lin|lins\.)(\d+)\.model\.1\.weight$')   # lin{k} and its
 
 def _target(key: str) -> Optional[Tuple[str, ...]]:
   """Param path a key fills, or None when it maps nowhere (checked against the model's layout later)."""
-  from hv_jax.metrics import lpips
   m = _FEATURE.match(key)
   if m:
     return ('net', f'features_{m.group(1)}', 'kernel' if m.group(2) == 'weight' else 'bias')
@@ -66,8 +68,6 @@ def torch_shape(shape: tuple) -> tuple:
 
 def convert_state_dicts(*state_dicts: Mapping[str, object]) -> dict:
   """One or more state dicts (torch tensors or numpy arrays) -> nested params dict of float32 numpy arrays."""
-  from flax import traverse_util
-  from hv_jax.metrics import lpips
   shapes = lpips.param_shapes()
   problems: List[str] = []
   sources: Dict[Tuple[str, ...], str] = {}
@@ -144,67 +144,19 @@ def lpips_package_heads() -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], 'weights', 'v0.1', 'vgg.pth')
 
 
-def load_torch(path: str, what: str) -> Dict[str, object]:
-  """A state dict from a .pth file, weights-only (no pickle code runs); legacy and zip formats."""
-  if not os.path.isfile(path):
-    raise ConversionError(f'{what} not found: {path}')
-  try:
-    import torch
-  except ImportError as e:
-    raise ConversionError('reading .pth files needs torch (CPU build is enough)') from e
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # noqa: BLE001  (torch raises many kinds for bad files)
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ConversionError(f'{what} {path} is not a readable PyTorch state dict (truncated or corrupt?): '
-                          f'{msg}') from e
-  if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
-    obj = obj['state_dict']
-  if not isinstance(obj, dict) or not obj or not all(hasattr(v, 'shape') for v in obj.values()):
-    raise ConversionError(f'{what} {path} holds no state dict of tensors')
-  return obj
-
-
 def load(vgg: Optional[str] = None, lin: Optional[str] = None, lpips_state: Optional[str] = None) -> dict:
   """Params from torchvision's VGG16 file (+ the heads file, default: the lpips package's) or from a saved
   `lpips.LPIPS(net='vgg').state_dict()`. ConversionError if a file is missing, unreadable or mismatched."""
   if (vgg is None) == (lpips_state is None):
     raise ConversionError('pass either vgg= (torchvision VGG16 weights, plus lin=) or lpips_state=')
   if lpips_state is not None:
-    sds = [load_torch(lpips_state, 'LPIPS state dict')]
+    sds = [load_state_dict(lpips_state, what='LPIPS state dict')]
     if lin is not None:
-      sds.append(load_torch(lin, 'LPIPS heads file'))
+      sds.append(load_state_dict(lin, what='LPIPS heads file'))
     return convert_state_dicts(*sds)
   lin = lpips_package_heads() if lin is None else lin
-  return convert_state_dicts(load_torch(vgg, 'VGG16 weights'), load_torch(lin, 'LPIPS heads file'))
-
-
-def save_npz(params: dict, path: str) -> None:
-  """Flat '/'-joined keys, float32."""
-  from flax import traverse_util
-  flat = traverse_util.flatten_dict(params, sep='/')
-  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-
-
-def load_npz(path: str) -> dict:
-  """Params written by save_npz (or the CLI), checked against the model layout."""
-  from flax import traverse_util
-  from hv_jax.metrics import lpips
-  if not os.path.isfile(path):
-    raise ConversionError(f'LPIPS params not found: {path}')
-  try:
-    with np.load(path) as z:
-      flat = {tuple(k.split('/')): z[k] for k in z.files}
-  except Exception as e:  # noqa: BLE001
-    raise ConversionError(f'{path} is not a readable .npz (truncated or corrupt?): {e}') from e
-  shapes = lpips.param_shapes()
-  bad = [f'  missing: {"/".join(p)}' for p in shapes if p not in flat]
-  bad += [f'  unexpected: {"/".join(p)}' for p in flat if p not in shapes]
-  bad += [f'  mis-shaped: {"/".join(p)} {flat[p].shape}, expected {shapes[p]}'
-          for p in shapes if p in flat and flat[p].shape != shapes[p]]
-  if bad:
-    raise ConversionError(f'{path} does not hold LPIPS-VGG params:\n' + '\n'.join(bad))
-  return traverse_util.unflatten_dict(flat)
+  return convert_state_dicts(load_state_dict(vgg, what='VGG16 weights'),
+                            load_state_dict(lin, what='LPIPS heads file'))
 
 
 def main(argv=None) -> int:

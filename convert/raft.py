@@ -19,8 +19,10 @@ import zlib
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
+from flax import traverse_util
 
-from convert.syncdreamer import ConversionError, load_state_dict, to_numpy
+from convert.torch_io import ConversionError, load_state_dict, to_numpy
+from hv_jax.metrics import raft
 
 PREFIX = 'module.'
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
@@ -40,7 +42,6 @@ def torch_shape(path: Tuple[str, ...], shape: tuple) -> tuple:
 
 def torch_layout() -> Dict[str, tuple]:
   """{key (no `module.`): shape} of RAFT(small=False).state_dict(), derived from the Flax tree."""
-  from hv_jax.metrics import raft
   layout = {}
   for path, shape in raft.param_shapes():
     key = torch_key(path)
@@ -58,8 +59,6 @@ def torch_layout() -> Dict[str, tuple]:
 
 def convert_state_dict(state_dict: Mapping[str, object]) -> dict:
   """Original-layout state dict (torch tensors or numpy arrays) -> nested params dict of float32 numpy arrays."""
-  from flax import traverse_util
-  from hv_jax.metrics import raft
   sd, problems = {}, []
   for k, v in state_dict.items():
     name = k[len(PREFIX):] if k.startswith(PREFIX) else k
@@ -143,3 +142,8 @@ def random_state_dict(seed: int = 0, layout: Mapping[str, tuple] | None = None) 
       raise ValueError(f'random_state_dict: no rule for {key}')
     out[key] = v.astype(np.float32)
   return out
+
+
+def random_params(seed: int = 0) -> dict:
+  """hv_jax params of `random_state_dict(seed)` (benchmarks, --random_weights): the fixtures' random RAFT."""
+  return convert_state_dict(random_state_dict(seed))

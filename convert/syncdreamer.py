@@ -14,96 +14,27 @@ that way, so the torch state dict and the converted arrays are gone before it lo
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import contextlib
+import functools
 import json
-import mmap
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from tqdm import tqdm
 
 from convert import names
-from hv_jax import atomic, digest
-from hv_jax import cli
-
-
-class ConversionError(Exception):
-  """A user-facing conversion problem: printed as one clear line (plus the listed keys)."""
-
-
-@dataclasses.dataclass
-class Report:
-  converted: int = 0
-  unused: List[Tuple[str, str]] = dataclasses.field(default_factory=list)     # (key, reason)
-  unmapped: List[str] = dataclasses.field(default_factory=list)
-  misshaped: List[Tuple[str, str, tuple, tuple]] = dataclasses.field(default_factory=list)
-  duplicate: List[str] = dataclasses.field(default_factory=list)
-  missing: List[str] = dataclasses.field(default_factory=list)
-  checks: List[str] = dataclasses.field(default_factory=list)
-
-  @property
-  def ok(self) -> bool:
-    return not (self.unmapped or self.misshaped or self.duplicate or self.missing)
-
-  def problems(self) -> str:
-    lines = []
-    for k in self.unmapped:
-      lines.append(f'  unexpected key (no mapping): {k}')
-    for k, path, got, want in self.misshaped:
-      lines.append(f'  mis-shaped key: {k} -> {path}: checkpoint gives {got}, model expects {want}')
-    for k in self.duplicate:
-      lines.append(f'  duplicate target (two keys map to it): {k}')
-    for p in self.missing:
-      lines.append(f'  missing (no checkpoint key provides it): {p}')
-    return '\n'.join(lines)
-
-
-# ----------------------------------------------------------------------------- loading
-
-def load_state_dict(path: str, *, what: str = 'checkpoint') -> Dict[str, 'object']:
-  """Loads a torch checkpoint without executing pickle code (weights_only, mmap).
-
-  Accepts {'state_dict': {...}} (Lightning), a bare state_dict, or an OpenAI CLIP TorchScript archive.
-  """
-  if not os.path.isfile(path):
-    raise ConversionError(f'{what} not found: {path}')
-  try:
-    import torch
-  except ImportError as e:
-    raise ConversionError('converting PyTorch checkpoints needs torch: pip install torch==2.13.0 '
-                          '(CPU build; or pip install -e .[test])') from e
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-  except Exception as e:  # noqa: BLE001  (torch raises many kinds for bad files)
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if 'TorchScript' in msg or 'constants.pkl' in msg:
-      try:  # OpenAI's ViT-L-14.pt is a TorchScript archive: load its tensors, not Python code.
-        return {k: v for k, v in torch.jit.load(path, map_location='cpu').state_dict().items()}
-      except Exception as e2:  # noqa: BLE001
-        raise ConversionError(f'{what} {path} is not a readable TorchScript archive: {e2}') from e2
-    if 'Unsupported global' in msg or 'weights_only' in msg:
-      raise ConversionError(f'{what} {path} contains pickled Python objects that a weights-only load refuses '
-                            f'({msg}); re-save its state_dict with torch.save({{"state_dict": sd}}, path)')
-    raise ConversionError(f'{what} {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {msg}') from e
-  if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
-    obj = obj['state_dict']
-  if not isinstance(obj, dict) or not all(hasattr(v, 'shape') for v in obj.values()):
-    raise ConversionError(f'{what} {path} holds no state_dict of tensors')
-  return obj
-
-
-def to_numpy(v) -> np.ndarray:
-  """A torch tensor (floating types as float32) or array-like -> numpy array."""
-  if hasattr(v, 'detach'):
-    v = v.detach().cpu()
-    v = v.float() if v.is_floating_point() else v
-    return v.numpy()
-  return np.asarray(v)
+from convert.torch_io import ConversionError, Report, convert_tensors, load_state_dict, plan_key
+from hv_jax import atomic, checkpoint, cli, digest
+from hv_jax.models.config import ModelConfig
+from hv_jax.models.init import abstract_params
+from hv_jax.sampling import schedule
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -114,101 +45,8 @@ def target_shapes(config) -> Dict[Tuple[str, ...], Tuple[tuple, object]]:
 
   Cached per config (the full size takes ~15 s to trace on a 2-core CPU); do not modify the returned dict.
   """
-  from flax import traverse_util
-  from hv_jax.models.init import abstract_params
   flat = traverse_util.flatten_dict(abstract_params(config))
   return {k: (tuple(v.shape), v.dtype) for k, v in flat.items()}
-
-
-def plan_key(key: str, shape: tuple, targets, report: Report, *, prefixes=names.PREFIXES,
-             allowed=names.allowed_unused):
-  """Maps one key onto `targets` ({path: (shape, dtype)}); returns (path, transform) or None.
-
-  Allow-listed keys (`allowed(key)` gives a reason) go to report.unused, unmappable and mis-shaped ones to
-  report.unmapped/misshaped.
-  """
-  reason = allowed(key)
-  mapped = names.map_key(key, len(shape), prefixes)
-  if mapped is None or mapped[0] not in targets:
-    if reason is not None:
-      report.unused.append((key, reason))
-    else:
-      report.unmapped.append(key if mapped is None else f'{key} (-> {"/".join(mapped[0])}, not in the model)')
-    return None
-  path, transform = mapped
-  want = targets[path][0]
-  if names.TRANSFORM_SHAPES[transform](tuple(shape)) != want:
-    report.misshaped.append((key, '/'.join(path), tuple(shape), want))
-    return None
-  return mapped
-
-
-_MADV_PAGEOUT = 21   # Linux >= 5.4: reclaim these pages now (file pages are dropped, never lost)
-
-
-@functools.lru_cache(maxsize=1)
-def _madvise():
-  if not sys.platform.startswith('linux'):
-    return None
-  try:
-    import ctypes
-    fn = ctypes.CDLL(None, use_errno=True).madvise
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return fn
-  except (OSError, AttributeError):  # pragma: no cover
-    return None
-
-
-def release_pages(tensor) -> None:
-  """Gives back the resident pages of a converted tensor of the memory-mapped checkpoint (MADV_PAGEOUT).
-
-  Reading a tensor of the mmap'd file maps its pages into this process; without this they stay resident
-  until the whole state dict is dropped, adding the checkpoint's size (5.2 GiB at full size) to the
-  converter's peak. The hint never changes data: clean file pages are re-read if touched again, and
-  anonymous pages stay (or go to swap). Only whole pages inside the tensor's storage are advised; a no-op
-  where madvise or MADV_PAGEOUT is unavailable.
-  """
-  fn = _madvise()
-  if fn is None or not hasattr(tensor, 'untyped_storage'):
-    return
-  try:
-    storage = tensor.untyped_storage()
-    ptr, n = storage.data_ptr(), storage.nbytes()
-  except Exception:  # noqa: BLE001  (not a plain CPU storage)
-    return
-  page = mmap.PAGESIZE
-  start, end = -(-ptr // page) * page, (ptr + n) // page * page
-  if end > start:
-    fn(start, end - start, _MADV_PAGEOUT)
-
-
-def convert_tensors(items: Iterable[Tuple[str, object]], targets, report: Report, *,
-                    prefixes=names.PREFIXES, allowed=names.allowed_unused,
-                    progress=None, release: bool = False) -> Dict[Tuple[str, ...], np.ndarray]:
-  """Maps and converts (key, tensor) pairs one by one onto `targets`; records every problem in `report`.
-
-  release=True gives each converted tensor's pages back (`release_pages`; for a memory-mapped checkpoint).
-  """
-  out: Dict[Tuple[str, ...], np.ndarray] = {}
-  sources: Dict[Tuple[str, ...], str] = {}
-  for key, tensor in items:
-    if progress is not None:
-      progress.update(1)
-    mapped = plan_key(key, tuple(tensor.shape), targets, report, prefixes=prefixes, allowed=allowed)
-    if mapped is None:
-      continue
-    path, transform = mapped
-    if path in sources:
-      report.duplicate.append(f'{"/".join(path)} <- {sources[path]}, {key}')
-      continue
-    arr = tensor.detach().float().numpy() if hasattr(tensor, 'detach') else np.asarray(tensor, np.float32)
-    out[path] = np.ascontiguousarray(names.TRANSFORMS[transform](arr)).astype(np.float32)
-    del arr
-    if release:
-      release_pages(tensor)
-    sources[path] = key
-    report.converted += 1
-  return out
 
 
 def check_manifest(keys_and_shapes: Iterable[Tuple[str, tuple]], config) -> Report:
@@ -230,7 +68,6 @@ def check_manifest(keys_and_shapes: Iterable[Tuple[str, tuple]], config) -> Repo
 
 def check_buffers(state_dict, report: Report):
   """The schedule buffers are recomputed, not loaded: make sure they agree with the checkpoint's."""
-  from hv_jax.sampling import schedule
   for key, ref in (('betas', schedule.betas()), ('alphas_cumprod', schedule.alphas_cumprod())):
     if key in state_dict:
       got = state_dict[key].float().numpy()
@@ -248,12 +85,10 @@ CALLERS = ('cli', 'sampler')   # who is told what to do: the converter's flags o
 
 def named_model_config(name: str):
   """'full' (the published SyncDreamer) or 'tiny' (the demo model = the parity fixtures' dims); else None."""
-  from hv_jax.models.config import ModelConfig
   if name == 'full':
     return ModelConfig.full()
   if name == 'tiny':
-    from hv_jax.sampling.pipeline import tiny_model_config
-    return tiny_model_config()
+    return ModelConfig.tiny()
   return None
 
 
@@ -261,7 +96,7 @@ def config_name(config) -> Optional[str]:
   """'full' / 'tiny' when `config` is one of the named sizes, else None."""
   for name in ('full', 'tiny'):
     try:
-      if named_model_config(name) == config:
+      if named_model_config(name) == config.architecture():
         return name
     except ImportError:  # pragma: no cover  (a partial install without the sampler)
       pass
@@ -328,7 +163,6 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
   The error's first line is the message (phrased for `caller`: 'cli' names this converter's flags, 'sampler'
   the sampler's config fields); for a mismatch the following lines name every offending key.
   """
-  from flax import traverse_util
   if caller not in CALLERS:
     raise ValueError(f'caller must be one of {CALLERS}, got {caller!r}')
   sd = load_state_dict(ckpt)
@@ -367,10 +201,6 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
 def _progress(total, enabled):
   if not enabled:
     return None
-  try:
-    from tqdm import tqdm
-  except ImportError:
-    return None
   return tqdm(total=total, desc='converting', unit='tensor', file=sys.stderr)
 
 
@@ -398,7 +228,6 @@ def main(argv=None) -> int:
 
 def load_model_config(path):
   """None or 'full' -> the full size; 'tiny' -> the demo size; a ModelConfig as it is; else a JSON file."""
-  from hv_jax.models.config import ModelConfig
   if path is None:
     return ModelConfig.full()
   if isinstance(path, ModelConfig):
@@ -419,15 +248,13 @@ def run(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, v
   `model_config`: None/'full', 'tiny', a JSON path or a ModelConfig. Nothing is created before the conversion
   has succeeded: the folders above `out` are made just before writing, and removed again if writing fails.
   """
-  from hv_jax import checkpoint
   config = load_model_config(model_config)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise ConversionError(f'{out} exists; choose another --out or pass --overwrite')
   parent = os.path.dirname(out)
-  problem = atomic.writable_problem(parent)       # refused before a long conversion; nothing created yet
-  if problem:
-    raise ConversionError(f'cannot write to {parent}: {problem}')
+  # refused before a long conversion; nothing created yet
+  atomic.require_writable(parent, 'cannot write to {folder}: {problem}', error=ConversionError)
   params, report = convert(ckpt, config, clip=clip, progress=verbose, caller=caller)
   st = os.stat(ckpt)      # size and mtime: a cache of this conversion is checked against the .ckpt cheaply
   meta = {'source': {'ckpt': os.path.abspath(ckpt), 'ckpt_sha256': digest.file_sha256(ckpt), 'ckpt_size': st.st_size,
@@ -475,7 +302,7 @@ def orbax_without_host_copies():
   nothing changes but the memory.
   """
   try:
-    import orbax.checkpoint as ocp
+    # lazy and guarded: a private orbax module that may move between versions
     from orbax.checkpoint._src.serialization import type_handler_registry as registry
     handlers = registry.GLOBAL_TYPE_HANDLER_REGISTRY
     previous = handlers.get(np.ndarray)
@@ -491,6 +318,17 @@ def orbax_without_host_copies():
 
 
 TMP_PREFIX = '.convert-'   # + pid: the temporary folder beside --out that a run renames into place
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root, holding convert/
+
+
+def convert_for_sampler(ckpt: str, out: str, model_config: Optional[ModelConfig] = None) -> None:
+  """The sampler's first-use conversion: `ckpt` -> the orbax checkpoint folder `out`, in a child process.
+
+  What `python -m hv_jax.sample` (and the study runner) hand to `hv_jax.sampling.pipeline.run` as its
+  `convert_ckpt`: the library keeps the cache rules (hv_jax.sampling.pipeline.convert_cached) and never
+  imports this package. Errors are ConversionError (a UserError) phrased for the sampler's config fields.
+  """
+  run_in_child(str(ckpt), str(out), model_config=model_config, caller='sampler')
 
 
 def run_in_child(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, verbose=True,
@@ -504,21 +342,20 @@ def run_in_child(ckpt: str, out: str, *, clip=None, model_config=None, overwrite
   memory) its temporary folder and any folder it created above `out` are removed and a ConversionError says
   so: `out` is written by one rename at the end, so it never exists half-written.
   """
-  import subprocess
-  from hv_jax.models.config import ModelConfig
   out = os.path.abspath(out)
   parent = os.path.dirname(out)
   created = atomic.missing_dirs(parent)
   spec = model_config.to_dict() if isinstance(model_config, ModelConfig) else model_config
   job = dict(ckpt=str(ckpt), out=out, clip=clip, model_config=spec, overwrite=bool(overwrite),
              verbose=bool(verbose), caller=caller)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the folder holding `convert/`
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  # The checkout holding `convert/` goes first on the child's sys.path: hv_jax may be installed (it is found
+  # anywhere), convert/ is not, and the child's working folder may hold another `convert`.
   read_fd, write_fd = os.pipe()
   try:
-    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from convert.syncdreamer import _child_main; '
-                             'sys.exit(_child_main(int(sys.argv[1]), sys.argv[2]))', str(write_fd), json.dumps(job)],
-                            env=env, pass_fds=(write_fd,))
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[3]); '
+                             'from convert.syncdreamer import _child_main; '
+                             'sys.exit(_child_main(int(sys.argv[1]), sys.argv[2]))', str(write_fd), json.dumps(job),
+                             CHECKOUT], pass_fds=(write_fd,))
   finally:
     os.close(write_fd)
   try:
@@ -556,7 +393,6 @@ def _child_main(result_fd: int, job_json: str) -> int:
   job = json.loads(job_json)
   spec = job.pop('model_config')
   if isinstance(spec, dict):
-    from hv_jax.models.config import ModelConfig
     spec = ModelConfig.from_dict(spec)
   with os.fdopen(result_fd, 'w') as f:
     try:

@@ -39,16 +39,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from PIL import Image
+from tqdm import tqdm
 
-from hv_jax import atomic, checks, digest, parallel
-from hv_jax.data import preprocess
-from hv_jax.sampling import pipeline
-from hv_jax.sampling.pipeline import UserError
-from hv_jax.sampling.sampler import input_id_of, instance_keys
-
+from convert import syncdreamer as convert_syncdreamer
+from experiments import data
 from experiments import store as store_lib
+from hv_jax import atomic, checks, cli, digest, evaluate, parallel
+from hv_jax.data import preprocess
+from hv_jax.data import views as views_lib
+from hv_jax.errors import UserError
+from hv_jax.metrics.flow import composite_rgba
+from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
+from hv_jax.sampling import modes, pipeline
+from hv_jax.sampling.sampler import batch_arrays, input_id_of
 
-MODE_ORDER = ('none', 'cfg', 'harmonyview')
 METRIC_GROUPS = ('cd_score', 'psnr_ssim', 'lpips', 'e_flow')
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +65,9 @@ class Setting:
     return store_lib.setting_name(self.mode, self.scales)
 
   def columns(self) -> dict:
-    hv, cfg = self.mode == 'harmonyview', self.mode == 'cfg'
-    return {'mode': self.mode, 's1': self.scales[0] if hv else math.nan, 's2': self.scales[1] if hv else math.nan,
-            'cfg': self.scales[0] if cfg else math.nan}
+    """The study's mode and scale columns of this setting (NaN: a scale its mode does not have)."""
+    own = dict(zip(modes.mode(self.mode).columns, self.scales))
+    return {'mode': self.mode, **{c: own.get(c, math.nan) for c in store_lib.SCALE_COLUMNS}}
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,10 +94,12 @@ class Unit:
 # ----------------------------------------------------------------------------- the plan
 
 def settings_of(sweep) -> List[Setting]:
-  """The grid: every (s1, s2) pair of HarmonyView, every CFG scale, and 'none' if asked."""
-  out = [Setting('none', (0.0,))] if sweep.none else []
-  out += [Setting('cfg', (float(s),)) for s in sweep.cfg]
-  out += [Setting('harmonyview', (float(a), float(b))) for a, b in itertools.product(sweep.s1, sweep.s2)]
+  """The grid, mode by mode (modes.MODES): 'none' if asked, every CFG scale, every (s1, s2) pair of
+  HarmonyView; a mode's scales come from the sweep fields named as its columns (sweep.cfg, sweep.s1, sweep.s2)."""
+  out = []
+  for m in modes.MODES.values():
+    grid = itertools.product(*(sweep[c] for c in m.columns)) if m.columns else ([()] if sweep.none else [])
+    out += [Setting(m.name, m.scales(values)) for values in grid]
   if not out:
     raise UserError('the sweep is empty: give sweep.s1 and sweep.s2, and/or sweep.cfg (or sweep.none=True)')
   names = [s.name for s in out]
@@ -112,7 +118,6 @@ def work_units(inputs: Sequence[Input], instances: int, settings: Sequence[Setti
 def load_records(config) -> List[dict]:
   """Input records (experiments.data's format): the GSO eval set through its TFDS builder, or a folder of
   the user's images."""
-  from experiments import data
   d = config.data
   try:
     if d.source == 'gso':   # the prepared TFDS build lives in the study folder unless data.tfds_dir says where
@@ -131,20 +136,12 @@ def load_records(config) -> List[dict]:
   return records
 
 
-def resize_views(views_u8: np.ndarray, size: int) -> np.ndarray:
-  """[V, H, W, C] uint8 -> [V, size, size, C] (PIL bicubic; identity when already that size)."""
-  if views_u8.shape[1] == size:
-    return views_u8
-  return np.stack([np.asarray(Image.fromarray(v).resize((size, size), Image.BICUBIC)) for v in views_u8])
-
-
 def gt_at(gt_rgba: np.ndarray, size: int) -> np.ndarray:
   """GT views at the metric size: composited on white first when resized (then alpha 255), as-is otherwise."""
   if gt_rgba.shape[1] == size:
     return gt_rgba
-  from hv_jax.metrics.flow import composite_rgba
   rgb = np.round(composite_rgba(gt_rgba)).clip(0, 255).astype(np.uint8)
-  rgb = resize_views(rgb, size)
+  rgb = views_lib.resize_views(rgb, size)
   return np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], -1)
 
 
@@ -170,7 +167,6 @@ class Metrics:
   """Per-unit metrics; each metric group is computed or unavailable with a reason (kept in study.json)."""
 
   def __init__(self, config, metric_size: int):
-    from hv_jax import evaluate
     m = config.metrics
     wanted = [g.strip() for g in str(m.names).split(',') if g.strip()]
     bad = sorted(set(wanted) - set(METRIC_GROUPS))
@@ -209,8 +205,7 @@ class Metrics:
 
   def __call__(self, unit: Unit, views_u8: np.ndarray) -> Dict[str, float]:
     """views_u8 [16, S, S, 3] at the model's size -> {metric column: value} (NaN = unavailable)."""
-    from hv_jax import evaluate
-    pred = resize_views(views_u8, self.size)[None]
+    pred = views_lib.resize_views(views_u8, self.size)[None]
     gt = unit.input.gt
     out = {k: math.nan for k in store_lib.METRICS}
     name = unit.input.name
@@ -231,13 +226,11 @@ class Metrics:
 
 def _small_clip():
   """A small random CLIP for demos (CPU-cheap); the full ViT-L/14 shape otherwise."""
-  from hv_jax.models.config import CLIPConfig, CLIPModelConfig, CLIPTextConfig
   return CLIPModelConfig(vision=CLIPConfig(embed_dim=128, vision_layers=2, vision_width=128, vision_patch_size=32),
                          text=CLIPTextConfig(width=128, layers=2))
 
 
 def _full_clip():
-  from hv_jax.models.config import CLIPModelConfig
   return CLIPModelConfig()
 
 
@@ -246,7 +239,7 @@ def _full_clip():
 def identity_of(config, ckpt: str, model_config) -> dict:
   """What a finished unit's numbers depend on besides its own (input, instance, setting)."""
   m = config.metrics
-  identity = {'checkpoint': ckpt, 'model_config': model_config.to_dict(), 'seed': int(config.seed),
+  identity = {'checkpoint': ckpt, 'model_config': model_config.architecture().to_dict(), 'seed': int(config.seed),
               'sample_steps': int(config.sample_steps), 'eta': float(config.eta), 'latent': str(config.latent),
               'dtype': str(config.dtype), 'uc2_concat_scale': float(config.uc2_concat_scale),
               'crop_size': int(config.crop_size), 'elevation_default': float(config.elevation),
@@ -278,7 +271,7 @@ def check_inputs(out: pathlib.Path, inputs: Sequence[Input]) -> None:
       same = entry['sha256'] == input_digest(inp)
     else:   # a study.json without input digests: compare with the input views it stored
       same = _same_image(out / entry['input_image'], inp.raw) and (
-          inp.gt is None or _same_image(out / f'inputs/{inp.name}_gt.png', np.concatenate(list(inp.gt), 1)))
+          inp.gt is None or _same_image(out / f'inputs/{inp.name}_gt.png', views_lib.join_strip(inp.gt)))
     if not same:
       raise UserError(f'input {inp.name} differs from the one this study in {out} started with (other pixels, GT '
                       'or elevation): use a new output_dir, or give the new input another name')
@@ -319,7 +312,7 @@ def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Inpu
     if not (out / rel).is_file():
       atomic.write_png(out / rel, inp.raw)
     if inp.gt is not None and not (out / f'inputs/{inp.name}_gt.png').is_file():
-      atomic.write_png(out / f'inputs/{inp.name}_gt.png', np.concatenate(list(inp.gt), 1))
+      atomic.write_png(out / f'inputs/{inp.name}_gt.png', views_lib.join_strip(inp.gt))
     entries[inp.name] = {'input_image': rel, 'input_id': inp.input_id, 'sha256': input_digest(inp),
                          'gt_strip': f'inputs/{inp.name}_gt.png' if inp.gt is not None else None}
   doc = {'identity': identity, 'random_weights': random_model or bool(config.metrics.random_weights),
@@ -355,8 +348,8 @@ def run(config) -> dict:
   mesh = parallel.make_mesh()
   batch = int(config.per_device_batch) * mesh.devices.size
   pipeline.check_view_chunk(config, batch * 16)
-  out = pipeline.check_writable(config.output_dir)     # created only when the first file is written
-  params, model_config, ckpt = pipeline.load_weights(config)
+  out = atomic.require_writable(config.output_dir)     # created only when the first file is written
+  params, model_config, ckpt = pipeline.load_weights(config, convert_syncdreamer.convert_for_sampler)
   size = model_config.image_size
   metric_size = int(config.metrics.size) or size
   identity = identity_of(config, ckpt, model_config)
@@ -385,7 +378,6 @@ def run(config) -> dict:
             **unit.setting.columns(), **vals, 'seconds': seconds + time.perf_counter() - t0,
             'process': jax.process_index(), 'finished': time.time()}
 
-  from tqdm import tqdm
   bar = tqdm(total=len(todo), desc='units', unit='unit', disable=not config.progress, file=sys.stderr)
   # Killed after the strip was written but before its row: metrics only, no re-sampling.
   orphan_keys = set()
@@ -394,8 +386,8 @@ def run(config) -> dict:
     if not path.is_file():
       continue
     try:
-      views = _read_strip(path, size)
-    except (OSError, UserError) as e:   # not a strip this study wrote (strips are written atomically)
+      views = views_lib.read_strip(path, size)
+    except views_lib.StripError as e:   # not a strip this study wrote (strips are written atomically)
       logging.warning('%s is unusable (%s): sampling that unit again', path, str(e).splitlines()[0])
       continue
     store.put([finish(u, views, 0.0)])
@@ -405,7 +397,10 @@ def run(config) -> dict:
   todo = [u for u in todo if u.key not in orphan_keys]
 
   params = jax.device_put(params, parallel.replicated(mesh))
-  for mode in MODE_ORDER:
+  seed, eta = int(config.seed), jnp.float32(config.eta)
+  arrays_of = lambda chunk: batch_arrays(seed, [(u.input.image, u.input.elevation, u.input.input_id, u.instance,
+                                                 u.setting.scales) for u in chunk])
+  for mode in modes.MODES:   # one compiled sampler per mode (its branches): units of a mode share batches
     group = [u for u in todo if u.setting.mode == mode]
     if not group:
       continue
@@ -414,19 +409,13 @@ def run(config) -> dict:
       config_m.guidance = mode
     fn = pipeline.compiled_sampler(model_config, pipeline.sampler_config(config_m), tuple(mesh.devices.flat),
                                   False)   # per-unit progress here; no host callback: cacheable
-    for start in range(0, len(group), batch):
-      chunk = group[start:start + batch]
-      keys = instance_keys(int(config.seed), [u.input.input_id for u in chunk], [u.instance for u in chunk])
-      arrays = [np.stack([u.input.image for u in chunk]), np.float32([u.input.elevation for u in chunk]),
-                np.asarray(keys), np.float32([u.setting.scales for u in chunk])]
-      arrays, n_real = parallel.pad_batch(arrays, batch)
-      arrays = parallel.shard_batch(arrays, mesh)
-      t0 = time.perf_counter()
-      views = pipeline.to_uint8(np.asarray(jax.device_get(fn(params, *arrays, jnp.float32(config.eta))))[:n_real])
-      per_unit = (time.perf_counter() - t0) / n_real
+    sample = lambda *arrays, fn=fn: fn(params, *arrays, eta)
+    for chunk, views, seconds in parallel.run_batches(sample, group, batch, arrays_of, mesh):
+      views = views_lib.to_uint8(views)
+      per_unit = seconds / len(chunk)
       rows = []
       for u, v in zip(chunk, views):
-        store.write_strip(u.input.name, u.setting.name, u.instance, pipeline.strip(v))   # before its row
+        store.write_strip(u.input.name, u.setting.name, u.instance, views_lib.join_strip(v))   # before its row
         rows.append(finish(u, v, per_unit))
       store.put(rows)   # one transaction per batch
       counts['sampled'] += len(rows)
@@ -436,18 +425,9 @@ def run(config) -> dict:
   return counts
 
 
-def _read_strip(path: pathlib.Path, size: int) -> np.ndarray:
-  from hv_jax.metrics.flow import split_strip
-  img = np.asarray(Image.open(path).convert('RGB'))
-  if img.shape != (size, 16 * size, 3):
-    raise UserError(f'{path}: strip is {img.shape[1]}x{img.shape[0]}, expected {16 * size}x{size}')
-  return split_strip(img)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> None:
-  from hv_jax import cli
   cfg_flag = cli.define_config('Study config (experiments/configs/*.py).')
 
   def _main(config) -> int:

@@ -34,12 +34,14 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from experiments import store
 from hv_jax import atomic
-from hv_jax import cli
+from hv_jax import cli, optional
 from hv_jax.errors import UserError
 from hv_jax.metrics import stats
+from hv_jax.sampling import modes
 
 UNIT_METRICS = ('psnr', 'ssim', 'lpips', 'e_flow')   # mean ± std over units
 DIGITS = {'psnr': 2, 'ssim': 4, 'lpips': 4, 'e_flow': 3, 'cd_score': 4}
@@ -47,9 +49,9 @@ BOOTSTRAP = 1000
 BOOTSTRAP_SEED = 0
 RANDOM_BANNER = 'RANDOM WEIGHTS — numbers mean nothing'
 PLOTS = ('cd_vs_s2.png', 'psnr_vs_s1.png', 'eflow_vs_s1.png', 'tradeoff.png')
-MODE_ORDER = {'none': 0, 'cfg': 1, 'harmonyview': 2}
 # The paper's comparisons (Table 1/2): HarmonyView at s1=2, s2=1; SyncDreamer is CFG at scale 2.
-PAPER_SETTINGS = {'HarmonyView': 'harmonyview_s1=2_s2=1', 'SyncDreamer': 'cfg_s=2'}
+PAPER_SETTINGS = {'HarmonyView': store.setting_name('harmonyview', (2, 1)),   # 'harmonyview_s1=2_s2=1'
+                  'SyncDreamer': store.setting_name('cfg', (2,))}              # 'cfg_s=2'
 INPUT_WIDTH = 512   # the input view's thumbnail
 
 Stat = Tuple[float, float, int]   # (value, std, count)
@@ -94,11 +96,13 @@ def cd_score(rows: Sequence[Dict], resamples: int = BOOTSTRAP, seed: int = BOOTS
 
 
 def setting_key(row: Dict):
-  """'none' first, then CFG by scale, then HarmonyView by (s1, s2); unknown modes last, by name."""
-  mode = row['mode']
-  nums = {'cfg': (row['cfg'], 0.), 'harmonyview': (row['s1'], row['s2'])}.get(mode, (0., 0.))
-  return (MODE_ORDER.get(mode, len(MODE_ORDER)),) + tuple(-math.inf if math.isnan(x) else x for x in nums) + (
-      row['setting'],)
+  """Modes in the order of modes.MODES ('none', then CFG by scale, then HarmonyView by (s1, s2)); unknown modes
+  last, by name."""
+  order = list(modes.MODES)
+  mode = modes.MODES.get(row['mode'])
+  nums = [row[c] for c in mode.columns] if mode else []
+  return ((order.index(mode.name) if mode else len(order)),) + tuple(
+      -math.inf if math.isnan(x) else x for x in nums) + (row['setting'],)
 
 
 def summarize(rows: Sequence[Dict]) -> List[Dict]:
@@ -118,13 +122,13 @@ def summarize(rows: Sequence[Dict]) -> List[Dict]:
   return sorted(out, key=setting_key)
 
 
-def label(s: Dict) -> str:
-  """A setting for people: 'HarmonyView s1=2 s2=1', 'CFG s=3', 'no guidance'."""
-  if s['mode'] == 'harmonyview':
-    return f"HarmonyView s1={s['s1']:g} s2={s['s2']:g}"
-  if s['mode'] == 'cfg':
-    return f"CFG s={s['cfg']:g}"
-  return 'no guidance' if s['mode'] == 'none' else s['setting']
+def label(s: Dict, scales: Optional[int] = None) -> str:
+  """A setting for people: 'HarmonyView s1=2 s2=1', 'CFG s=3', 'no guidance' (its mode's label); with
+  `scales`, only its first ones: the family of settings along the rest ('HarmonyView s1=2', 'CFG')."""
+  mode = modes.MODES.get(s['mode'])
+  if mode is None:
+    return s['setting']
+  return mode.label([s[c] for c in mode.columns][:scales])
 
 
 # ----------------------------------------------------------------------------- tables
@@ -205,20 +209,13 @@ def table_csv(summary: Sequence[Dict], random_weights: bool) -> str:
 
 # ----------------------------------------------------------------------------- plots
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  return plt
-
-
 def _png(fig, random_weights: bool) -> bytes:
   if random_weights:
     fig.suptitle(RANDOM_BANNER, color='#c00000', fontweight='bold')
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=100)
-  _pyplot().close(fig)
+  optional.pyplot().close(fig)
   return buf.getvalue()
 
 
@@ -237,14 +234,16 @@ def _finite(x) -> bool:
 def plot_against(summary: Sequence[Dict], metric: str, x: str, group: str, random_weights: bool) -> bytes:
   """`metric` of the HarmonyView settings against scale `x`, one line per value of scale `group`; the
   other settings (CFG, no guidance) as labelled horizontal lines, since they have no s1/s2."""
-  plt = _pyplot()
+  plt = optional.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  hv = [s for s in summary if s['mode'] == 'harmonyview' and _finite(s[metric][0]) and _finite(s[x])]
-  for g in sorted({s[group] for s in hv}):
-    pts = sorted((s[x], s[metric][0], s[metric][1] if _finite(s[metric][1]) else 0.) for s in hv if s[group] == g)
+  gridded = lambda s: s['mode'] in modes.MODES and {x, group} <= set(modes.MODES[s['mode']].columns)   # HarmonyView
+  hv = [s for s in summary if gridded(s) and _finite(s[metric][0]) and _finite(s[x])]
+  for title, g in sorted({(modes.MODES[s['mode']].title, s[group]) for s in hv}):
+    pts = sorted((s[x], s[metric][0], s[metric][1] if _finite(s[metric][1]) else 0.) for s in hv
+                 if s[group] == g and modes.MODES[s['mode']].title == title)
     xs, ys, es = zip(*pts)
-    ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=f'HarmonyView {group}={g:g}')
-  others = [s for s in summary if s['mode'] != 'harmonyview' and _finite(s[metric][0])]
+    ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=f'{title} {group}={g:g}')
+  others = [s for s in summary if not gridded(s) and _finite(s[metric][0])]
   for i, s in enumerate(others):
     ax.axhline(s[metric][0], color=f'C{(i + 5) % 10}', linestyle=(0, (2, 2)), linewidth=1.2, label=label(s))
   what = stats.LABELS[metric] + (' (ratio of means, ± bootstrap std)' if metric == 'cd_score' else ' (± std)')
@@ -261,13 +260,13 @@ def plot_against(summary: Sequence[Dict], metric: str, x: str, group: str, rando
 
 def plot_tradeoff(summary: Sequence[Dict], random_weights: bool) -> bytes:
   """Consistency against diversity: the study's settings and the paper's two reference points."""
-  plt = _pyplot()
+  plt = optional.pyplot()
   y = 'e_flow' if any(_finite(s['e_flow'][0]) for s in summary) else 'psnr'
   fig, ax = plt.subplots(figsize=(7.2, 5.2))
   pts = [s for s in summary if _finite(s['cd_score'][0]) and _finite(s[y][0])]
   curves: Dict[str, List[Dict]] = {}   # HarmonyView: one curve per s1 along s2; CFG: one along its scale
   for s in pts:
-    key = f"HarmonyView s1={s['s1']:g}" if s['mode'] == 'harmonyview' else label(s) if s['mode'] != 'cfg' else 'CFG'
+    key = label(s, scales=-1)   # a curve along a mode's last scale: 'HarmonyView s1=2' (along s2), 'CFG', ...
     curves.setdefault(key, []).append(s)
   for i, (key, ss) in enumerate(curves.items()):
     ax.plot([s['cd_score'][0] for s in ss], [s[y][0] for s in ss], marker='o', color=f'C{i % 10}', label=key)
@@ -307,7 +306,6 @@ def data_uri(png: bytes) -> str:
 
 def png_thumbnail(path: pathlib.Path, max_width: int) -> Optional[bytes]:
   """The image as PNG bytes, downscaled to at most max_width pixels wide; None if it cannot be read."""
-  from PIL import Image
   try:
     with Image.open(path) as im:
       im.load()

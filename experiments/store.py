@@ -19,16 +19,19 @@ import math
 import os
 import pathlib
 import sqlite3
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import numpy as np
 
 from hv_jax import atomic
+from hv_jax.sampling import modes
 
 # metric columns: NULL where a metric is unavailable (no GT, no weights, image too small for RAFT)
 METRICS = ('cd_D', 'cd_S_var', 'psnr', 'ssim', 'lpips', 'e_flow')
+# the guidance modes' scale columns (modes.MODES), HarmonyView's first: ('s1', 's2', 'cfg'); NULL where a mode has none
+SCALE_COLUMNS = tuple(dict.fromkeys(c for m in reversed(modes.MODES.values()) for c in m.columns))
 COLUMNS = (('input', 'TEXT'), ('instance', 'INTEGER'), ('setting', 'TEXT'), ('input_id', 'INTEGER'),
-           ('mode', 'TEXT'), ('s1', 'REAL'), ('s2', 'REAL'), ('cfg', 'REAL'), ('seed', 'INTEGER'),
+           ('mode', 'TEXT')) + tuple((c, 'REAL') for c in SCALE_COLUMNS) + (('seed', 'INTEGER'),
            ('strip', 'TEXT')) + tuple((m, 'REAL') for m in METRICS) + (
            ('seconds', 'REAL'), ('process', 'INTEGER'), ('finished', 'REAL'))
 NAMES = tuple(c for c, _ in COLUMNS)
@@ -37,14 +40,7 @@ Key = Tuple[str, int, str]    # (input, instance, setting)
 
 def setting_name(mode: str, scales: Sequence[float]) -> str:
   """A folder-safe tag of one guidance setting: 'harmonyview_s1=2_s2=1', 'cfg_s=3', 'none'."""
-  fmt = lambda v: f'{float(v):g}'
-  if mode == 'harmonyview':
-    return f'harmonyview_s1={fmt(scales[0])}_s2={fmt(scales[1])}'
-  if mode == 'cfg':
-    return f'cfg_s={fmt(scales[0])}'
-  if mode == 'none':
-    return 'none'
-  raise ValueError(f'unknown guidance mode {mode!r}')
+  return modes.mode(mode).setting_name(scales)
 
 
 def strip_relpath(input_name: str, setting: str, instance: int) -> str:
@@ -99,7 +95,7 @@ def read_rows(root) -> List[Dict]:
       db.row_factory = sqlite3.Row
       for r in db.execute(f'SELECT {",".join(NAMES)} FROM units'):
         row = {k: r[k] for k in NAMES}
-        for m in METRICS + ('s1', 's2', 'cfg'):
+        for m in METRICS + SCALE_COLUMNS:
           row[m] = math.nan if row[m] is None else float(row[m])
         key = (row['input'], row['instance'], row['setting'])
         if key not in best or row['finished'] < best[key]['finished']:

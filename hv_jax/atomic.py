@@ -12,6 +12,9 @@ import pathlib
 import tempfile
 
 import numpy as np
+from PIL import Image
+
+from hv_jax.errors import UserError
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -42,7 +45,6 @@ def write_json(path, obj) -> None:
 
 
 def write_png(path, image_u8: np.ndarray) -> None:
-  from PIL import Image
   buf = io.BytesIO()
   Image.fromarray(image_u8).save(buf, format='PNG')
   write_bytes(path, buf.getvalue())
@@ -69,6 +71,17 @@ def writable_problem(folder) -> str:
   except OSError as e:
     return f'{existing} is not writable ({e.strerror or e})'
   return ''
+
+
+def require_writable(folder, message: str = 'output folder {folder} is not writable: {problem}',
+                     error=UserError) -> pathlib.Path:
+  """`folder` as a Path if it exists and takes a file, or could be created; else raises `error` with
+  `message` (fields {folder} and {problem}: `writable_problem`'s one line). Creates nothing: every job checks
+  its output folder with this before any work."""
+  problem = writable_problem(folder)
+  if problem:
+    raise error(message.format(folder=folder, problem=problem))
+  return pathlib.Path(folder)
 
 
 def missing_dirs(folder) -> list:

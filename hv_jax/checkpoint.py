@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory:
   params/             orbax StandardCheckpointer tree of float32 arrays
-  model_config.json   hv_jax.models.config.ModelConfig.to_dict()
+  model_config.json   hv_jax.models.config.ModelConfig.to_dict() of its architecture() (no lowering: a
+                      lowering changes no param)
   conversion.json     provenance written by the converter (source hashes, unused keys)
 """
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from hv_jax.models.config import ModelConfig
+from hv_jax.models.init import abstract_params
 
 
 class CheckpointError(Exception):
@@ -22,14 +26,13 @@ class CheckpointError(Exception):
 
 
 def save(directory: str, params, config: ModelConfig, meta: Optional[dict] = None) -> None:
-  import orbax.checkpoint as ocp
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, 'params'), jax.tree.map(np.asarray, params))
   ckptr.wait_until_finished()
   with open(os.path.join(directory, 'model_config.json'), 'w') as f:
-    f.write(config.to_json())
+    f.write(config.architecture().to_json())
   with open(os.path.join(directory, 'conversion.json'), 'w') as f:
     json.dump(meta or {}, f, indent=1)
 
@@ -47,17 +50,17 @@ def load(directory: str, *, config: Optional[ModelConfig] = None,
          sharding: Optional[Callable[[tuple], jax.sharding.Sharding] | jax.sharding.Sharding] = None):
   """Restores (params, config). `sharding`: one Sharding for every leaf, or a function path -> Sharding.
 
-  If `config` is given it must equal the stored one (a mismatched config is an error, not a reshape).
+  If `config` is given its architecture must equal the stored one (a mismatched config is an error, not a
+  reshape), and it is the config returned (with its lowering).
   """
-  import orbax.checkpoint as ocp
-  from flax import traverse_util
-  from hv_jax.models.init import abstract_params
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'checkpoint directory not found: {directory}')
   stored = load_config(directory)
-  if config is not None and config != stored:
-    raise CheckpointError(f'the model config does not match the checkpoint in {directory}')
+  if config is not None:
+    if config.architecture() != stored.architecture():
+      raise CheckpointError(f'the model config does not match the checkpoint in {directory}')
+    stored = config
   abstract = traverse_util.flatten_dict(abstract_params(stored))
   def target(path, leaf):
     s = sharding(path) if callable(sharding) else sharding

@@ -24,6 +24,13 @@ def define_config(help_text: str):
   return config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
 
 
+def no_checkout(what: str) -> UserError:
+  """The one line when `convert` cannot be imported: convert/ (PyTorch -> Flax) lives in the repository
+  checkout and is not installed with hv_jax; the commands run from the checkout's root find it."""
+  return UserError(f'{what} needs convert/ of the hv_jax repository checkout, which is not installed with the '
+                   'package: run the command (python -m ...) in the root folder of a clone of the repository')
+
+
 def one_line(text: str) -> str:
   return ' '.join(str(text).split())
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -49,13 +50,19 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
 from hv_jax import atomic, digest
-from hv_jax import cli
+from hv_jax import cli, optional
+from hv_jax.data import views
+from hv_jax.data.views import NUM_VIEWS
 from hv_jax.errors import UserError
+from hv_jax.metrics import cd_score, flow, geometry, image, lpips, stats
+from hv_jax.models import clip
+from hv_jax.models.config import CLIPModelConfig
 
-NUM_VIEWS = 16
 METRICS = ('psnr', 'ssim', 'lpips', 'e_flow', 'cd_score', 'chamfer', 'iou')
 
 
@@ -63,9 +70,8 @@ METRICS = ('psnr', 'ssim', 'lpips', 'e_flow', 'cd_score', 'chamfer', 'iou')
 
 def gt_views(gt_dir: str) -> np.ndarray:
   """[16, H, W, 4] uint8 RGBA views 000.png … 015.png."""
-  from hv_jax.metrics import flow
   try:
-    return flow.read_gt_views(gt_dir)
+    return views.read_gt_views(gt_dir)
   except (FileNotFoundError, OSError, ValueError) as e:
     raise UserError(f'{gt_dir}: {e}') from e
 
@@ -82,20 +88,10 @@ def instance_files(pred_dir: str) -> List[str]:
 
 def pred_views(pred_dir: str, size: int) -> np.ndarray:
   """[N, 16, H, W, 3] uint8: every strip split into its 16 views (np.array_split along the width)."""
-  from PIL import Image
-  from hv_jax.metrics import flow
-  out = []
-  for path in instance_files(pred_dir):
-    try:
-      img = Image.open(path)
-      img.load()
-    except OSError as e:
-      raise UserError(f'{path}: not a readable image ({e})') from e
-    if img.size != (NUM_VIEWS * size, size):
-      raise UserError(f'{path}: strip is {img.size[0]}x{img.size[1]}, expected {NUM_VIEWS * size}x{size} '
-                      f'({NUM_VIEWS} views of the GT size {size}x{size} left to right)')
-    out.append(flow.split_strip(np.asarray(img.convert('RGB'))))
-  return np.stack(out)
+  try:   # the strips must hold views of the GT's size
+    return np.stack([views.read_strip(path, size) for path in instance_files(pred_dir)])
+  except views.StripError as e:
+    raise UserError(str(e)) from e
 
 
 def mesh_path(meshes: str, obj: str, k: int) -> Optional[str]:
@@ -115,16 +111,32 @@ class Backend:
   random: bool = False
 
 
+def converters():
+  """The `convert` package with its metric converters (clip, lpips, raft): original (PyTorch) weight files
+  -> hv_jax params. The one way this command reads such files.
+
+  Lazy: convert/ lives in the repository checkout and is not installed with hv_jax; a run given converted
+  (.npz) weights or none never imports it (--random_weights does, for the RAFT weights it draws in the
+  original layout; no torch). One line (UserError) when it cannot be imported.
+  """
+  try:
+    import convert.clip  # lazy: see the docstring
+    import convert.lpips  # lazy: see the docstring
+    import convert.raft  # lazy: see the docstring
+  except ModuleNotFoundError as e:
+    if (e.name or '').split('.')[0] != 'convert':
+      raise
+    raise cli.no_checkout('reading original (PyTorch) metric weights') from None
+  return convert
+
+
 def _clip_backend(args) -> Backend:
-  from hv_jax.metrics import cd_score
   if args.random_weights:
-    from hv_jax.models.config import CLIPModelConfig
     return random_clip_backend(CLIPModelConfig())
   if not args.clip:
     return Backend(reason='no CLIP weights: pass --clip (a Hugging Face openai/clip-vit-large-patch14 folder, '
                           'or OpenAI ViT-L-14.pt with --clip_tokenizer)')
-  from convert import clip as convert_clip
-  params, config, _ = convert_clip.load(args.clip)
+  params, config, _ = converters().clip.load(args.clip)
   tok_dir = args.clip_tokenizer or (args.clip if os.path.isdir(args.clip) else None)
   if tok_dir is None:
     return Backend(reason='no CLIP tokenizer: pass --clip_tokenizer (a folder with vocab.json and merges.txt)')
@@ -136,8 +148,6 @@ def _clip_backend(args) -> Backend:
 def random_clip_backend(config, seed: int = 0) -> Backend:
   """The CD score with a randomly initialised CLIP of `config` (benchmarks, demos: the numbers mean nothing).
   No tokenizer files: the prompt's bytes between start/end tokens, zero padded."""
-  import jax
-  from hv_jax.models import clip
   params = jax.jit(clip.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
 
   def ids_of(prompt):
@@ -151,7 +161,6 @@ def random_clip_backend(config, seed: int = 0) -> Backend:
 
 def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool = False) -> Backend:
   """CD-score terms of every instance: the prompt comes from the object name (cd_score.prompt_for)."""
-  from hv_jax.metrics import cd_score
 
   def fn(obj, gt, pred):
     out = cd_score.evaluate_object(params, config, pred, ids_of(cd_score.prompt_for(obj)))
@@ -160,15 +169,12 @@ def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool
 
 
 def lpips_backend(args) -> Backend:
-  import jax
-  from convert import lpips as convert_lpips
-  from hv_jax.metrics import lpips
   if args.random_weights:
     params = lpips.random_params(0)
   elif args.lpips_vgg.endswith('.npz'):
-    params = convert_lpips.load_npz(args.lpips_vgg)
+    params = lpips.load_npz(args.lpips_vgg)      # converted already (python -m convert.lpips)
   elif args.lpips_vgg:
-    params = convert_lpips.load(args.lpips_vgg, args.lpips_lin or None)
+    params = converters().lpips.load(args.lpips_vgg, args.lpips_lin or None)
   else:
     return Backend(reason="no VGG16 weights for LPIPS: pass --lpips_vgg (torchvision's vgg16-397923af.pth, "
                           "or an .npz from python -m convert.lpips)")
@@ -182,14 +188,12 @@ def lpips_backend(args) -> Backend:
 
 
 def raft_backend(args) -> Backend:
-  from convert import raft as convert_raft
-  from hv_jax.metrics import flow
   if args.random_weights:
-    params = convert_raft.convert_state_dict(convert_raft.random_state_dict(0))
+    params = converters().raft.random_params(0)   # the fixtures' random RAFT, drawn in the original layout
   else:
     if not args.raft:
       return Backend(reason='no RAFT weights: pass --raft raft-things.pth (princeton-vl/RAFT models.zip)')
-    params = convert_raft.load(args.raft)
+    params = converters().raft.load(args.raft)
   cache = {} if getattr(args, 'cache_gt_flows', False) else None   # studies: one set at a time, same GT
   return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=args.flow_batch,
                                                               gt_cache=cache)},
@@ -208,8 +212,6 @@ def to_unit(img_u8: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _psnr_ssim(crop_border: bool):
   """One jitted PSNR + SSIM per border mode (built once: a fresh lambda per object would recompile)."""
-  import jax
-  from hv_jax.metrics import image
   return jax.jit(lambda g, p: (image.psnr(p, g), image.ssim(p, g, crop_border=crop_border)))
 
 
@@ -236,7 +238,6 @@ def gt_rotations(spec: str) -> Dict[str, float]:
 
 def gt_rotation_of(obj: str, args) -> float:
   """The GT mesh rotation of object `obj`: --gt_rotation, else the GSO-eval table (UserError if unknown)."""
-  from hv_jax.metrics import geometry
   given = gt_rotations(getattr(args, 'gt_rotation', ''))
   if obj in given:
     return given[obj]
@@ -247,7 +248,6 @@ def gt_rotation_of(obj: str, args) -> float:
 
 
 def _geometry_fn(meshes: str, args=None):
-  from hv_jax.metrics import geometry
 
   def fn(obj, gt_dir, n):
     gt_mesh = os.path.join(gt_dir, 'model.obj')
@@ -330,7 +330,6 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
 # ----------------------------------------------------------------------------- summary
 
 def summarize(records: List[dict]) -> dict:
-  from hv_jax.metrics import cd_score, stats
   per_instance = {r['object']: {k: np.asarray(v) for k, v in r['per_instance'].items() if k in METRICS}
                   for r in records}
   per_view = {r['object']: {k: np.asarray(v) for k, v in r['per_view'].items()} for r in records}
@@ -352,7 +351,6 @@ def summarize(records: List[dict]) -> dict:
 
 
 def write_outputs(out_dir: str, records: List[dict], summary: dict) -> None:
-  from hv_jax.metrics import stats
   metrics = [m for m in METRICS if any(m in r['per_instance'] for r in records)] + \
             [m for m in ('cd_D', 'cd_S_var') if any(m in r['per_instance'] for r in records)]
   per_instance = {r['object']: {k: np.asarray(v) for k, v in r['per_instance'].items()} for r in records}
@@ -372,11 +370,7 @@ def write_outputs(out_dir: str, records: List[dict], summary: dict) -> None:
 
 def write_figure(path: str, records: List[dict], random_weights: bool) -> None:
   """Per object, every instance's value of each available metric (dots) and the object's mean (bar)."""
-  import io
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from hv_jax.metrics import stats
+  plt = optional.pyplot()
   shown = [m for m in METRICS if any(m in r['per_instance'] for r in records)]
   fig, axes = plt.subplots(len(shown), 1, figsize=(max(6, 0.45 * len(records) + 2), 2.2 * len(shown)),
                            squeeze=False)
@@ -544,7 +538,6 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- CLI (run)
 
 def run(args) -> dict:
-  from tqdm import tqdm
   names = objects_of(args)
   counts = {}
   for n in names:   # check the whole input before any work: mismatched counts fail fast
@@ -560,9 +553,8 @@ def run(args) -> dict:
     for n in names:
       if os.path.isfile(os.path.join(args.gt, n, 'model.obj')):
         gt_rotation_of(n, args)
-  problem = atomic.writable_problem(args.out)     # --out is made when the first record is written
-  if problem:
-    raise UserError(f'cannot write to --out {args.out}: {problem}')
+  # --out is made when the first record is written
+  atomic.require_writable(args.out, 'cannot write to --out {folder}: {problem}')
   metric_backends = backends(args)
   common = run_settings(args, metric_backends)
   plan = []   # (object, inputs, settings, stored record or None)

@@ -13,6 +13,7 @@ import math
 import sys
 
 from hv_jax import cli
+from hv_jax.metrics import geometry
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,6 @@ def main(argv=None) -> int:
   p.add_argument('--pixel-offset', type=float, default=0.5,
                  help="depth rays at pixel + offset (0.5 = the original's rasterizer, 0 = pixel centres)")
   a = p.parse_args(argv)
-  from hv_jax.metrics import geometry
 
   def fail(msg):
     print(f'error: {msg}', file=sys.stderr)

@@ -4,12 +4,14 @@ Work units are (input, instance) pairs. Instances never communicate, so the reci
 - hosts: `jax.distributed.initialize()` (TPU pods / multi-GPU); each process takes a deterministic share
   of the units (`process_share`) and writes only its own outputs;
 - devices of a host: a 1-axis `Mesh(('data',))`; each batch is padded to a multiple of the device count
-  (`pad_batch`), sharded along 'data' with `NamedSharding`, and the padding is dropped afterwards.
+  (`pad_batch`), sharded along 'data' with `NamedSharding`, and the padding is dropped afterwards
+  (`run_batches`: the one batch loop of sampling and of the studies).
 Params are replicated (an SD-1.x-sized UNet fits on every accelerator we target).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, TypeVar
+import time
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import jax
 import numpy as np
@@ -74,3 +76,22 @@ def shard_batch(arrays, mesh: Mesh) -> list:
   processes, jit refuses numpy inputs for a sharded argument)."""
   sharding = data_sharding(mesh)
   return [jax.device_put(np.asarray(a), sharding) for a in arrays]
+
+
+def run_batches(fn: Callable, units: Sequence[T], batch: int, arrays_of: Callable[[Sequence[T]], list],
+                mesh: Mesh) -> Iterator[Tuple[List[T], np.ndarray, float]]:
+  """The sharded batch loop: `batch` units at a time, host arrays -> pad -> shard -> fn -> host.
+
+  arrays_of(chunk) gives a chunk's host arrays (leading axis len(chunk)); fn(*arrays) sees them padded to
+  `batch` rows (every call has one shape: the last chunk does not recompile) and sharded along 'data' over
+  `mesh`; its output [batch, ...] comes back to the host without the padding rows. Yields (chunk, outputs
+  [len(chunk), ...], seconds of the call and the transfer), in unit order. Where fn's rows depend only on
+  their own inputs (the sampler's do), the outputs do not depend on `batch` or on the device count.
+  """
+  for start in range(0, len(units), batch):
+    chunk = list(units[start:start + batch])
+    arrays, n_real = pad_batch(arrays_of(chunk), batch)
+    arrays = shard_batch(arrays, mesh)
+    t0 = time.perf_counter()
+    out = np.asarray(jax.device_get(fn(*arrays)))[:n_real]
+    yield chunk, out, time.perf_counter() - t0

@@ -11,12 +11,12 @@ The logic lives in `hv_jax.neus.pipeline.run`; this file only parses flags (hv_j
 from absl import logging
 
 from hv_jax import cli
+from hv_jax.neus import pipeline
 
 _CONFIG = cli.define_config('Reconstruction config (configs/neus*.py).')
 
 
 def main(config) -> int:
-  from hv_jax.neus import pipeline
   m = pipeline.run(config)
   geo = m.get('geometry')
   extra = f", chamfer {geo['chamfer']:.5f}, IoU {geo['iou']:.4f}" if geo else ''

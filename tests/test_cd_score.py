@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import chex
-import jax
 import numpy as np
 import pytest
 
 from convert import clip as convert_clip
-from convert.syncdreamer import ConversionError
+from convert.torch_io import ConversionError
 from hv_jax.metrics import cd_score
 from hv_jax.models import clip
 from tests import parity as P

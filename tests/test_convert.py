@@ -17,6 +17,7 @@ import pytest
 import parity as P
 from convert import names
 from convert import syncdreamer as conv
+from convert import torch_io
 from hv_jax import checkpoint
 from hv_jax.models.config import ModelConfig
 
@@ -314,7 +315,7 @@ def test_sampler_first_use_conversion_errors_are_one_line_for_the_sampler(tmp_pa
   # No --config.model: the converter assumes the full size, which the tiny checkpoint does not fit. The cache
   # folder (--config.checkpoint_cache) lies below folders that do not exist yet: none of them may be left.
   with pytest.raises(pipeline.UserError) as e:
-    pipeline.convert_cached(ckpt, None, str(tmp_path / 'cache' / 'deep' / 'tiny'))
+    pipeline.convert_cached(ckpt, None, str(tmp_path / 'cache' / 'deep' / 'tiny'), conv.convert_for_sampler)
   msg = str(e.value)
   assert '\n' not in msg
   assert msg.startswith(f'{ckpt} does not match the model config (full size): ') and ' mis-shaped keys (e.g. ' in msg
@@ -326,7 +327,7 @@ def test_sampler_first_use_conversion_errors_are_one_line_for_the_sampler(tmp_pa
   noclip = _no_clip_ckpt(tmp_path)
   before = _tree(tmp_path)
   with pytest.raises(pipeline.UserError) as e:
-    pipeline.convert_cached(noclip, P.model_config(), None)
+    pipeline.convert_cached(noclip, P.model_config(), None, conv.convert_for_sampler)
   assert str(e.value) == (f'{noclip} has no CLIP image tower (no clip_image_encoder.model.visual.* weights): the '
                           f'sampler cannot add one; convert it once with python -m convert.syncdreamer --ckpt '
                           f'{noclip} --clip ViT-L-14.pt --out DIR and pass --config.checkpoint=DIR')
@@ -340,7 +341,7 @@ def test_child_process_conversion_equals_in_process(tmp_path):
   ckpt = tmp_path / 'tiny.ckpt'
   ckpt.write_bytes(P.CKPT.read_bytes())
   cache = tmp_path / 'new' / 'cache'
-  out = pipeline.convert_cached(ckpt, P.model_config(), str(cache))
+  out = pipeline.convert_cached(ckpt, P.model_config(), str(cache), conv.convert_for_sampler)
   assert out == cache
   params, config = checkpoint.load(str(out))
   assert config == P.model_config()
@@ -384,9 +385,9 @@ def test_released_pages_keep_their_values(tmp_path):
   """release_pages (MADV_PAGEOUT on the memory-mapped checkpoint) is a hint: values read later are unchanged."""
   ref = torch.arange(3 * (1 << 20), dtype=torch.float32).reshape(3, -1)     # 12 MiB: thousands of whole pages
   torch.save({'state_dict': {'a': ref, 'b': ref[1]}}, tmp_path / 'big.ckpt')    # 'b' shares a's storage
-  sd = conv.load_state_dict(str(tmp_path / 'big.ckpt'))
+  sd = torch_io.load_state_dict(str(tmp_path / 'big.ckpt'))
   assert float(sd['a'].sum()) == float(ref.sum())
-  conv.release_pages(sd['a'])
-  conv.release_pages(torch.zeros(1 << 20))                                    # anonymous memory: a no-op
+  torch_io.release_pages(sd['a'])
+  torch_io.release_pages(torch.zeros(1 << 20))                                    # anonymous memory: a no-op
   np.testing.assert_array_equal(sd['b'].numpy(), ref[1].numpy())
   np.testing.assert_array_equal(sd['a'].numpy(), ref.numpy())

@@ -61,10 +61,12 @@ def _config_file(work: pathlib.Path, name: str, batch: int = 1) -> pathlib.Path:
 
 
 def _env(work: pathlib.Path, devices: int = 1) -> dict:
+  """The session's compilation cache (tests/conftest.py) where there is one: a 1-device run then reads the
+  programs the other tests' 1-device processes compiled (the demo sampler, the random init)."""
   env = dict(os.environ, PYTHONPATH=str(P.ROOT), JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_COMPILATION_CACHE_DIR=str(work / 'jax_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+             JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', str(work / 'jax_cache')),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
   return env
 
 

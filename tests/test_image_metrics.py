@@ -25,7 +25,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
 from convert import lpips as convert_lpips
-from convert.syncdreamer import ConversionError
+from convert import torch_io
+from convert.torch_io import ConversionError
 from hv_jax.metrics import image
 from hv_jax.metrics import lpips as lp
 
@@ -291,14 +292,14 @@ def test_converter_routes_agree(lpips_pair, tmp_path):
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, lp.random_params())
   module = jax.eval_shape(lambda: lp.VGG16Features().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))['params']
   assert jax.tree.map(np.shape, params['net']) == jax.tree.map(lambda a: a.shape, module)
-  heads = convert_lpips.load_torch(convert_lpips.lpips_package_heads(), 'heads')
+  heads = torch_io.load_state_dict(convert_lpips.lpips_package_heads(), what='heads')
   assert sorted(heads) == [f'lin{k}.model.1.weight' for k in range(5)]
   tv = convert_lpips.convert_state_dicts(_torchvision_layout(model), heads)
   chex.assert_trees_all_equal(tv, jax.tree.map(np.asarray, params))
   # Files: torchvision's vgg16 .pth is in torch's legacy (pre-zip) format; the CLI writes .npz.
   torch.save(_torchvision_layout(model), tmp_path / 'vgg16.pth', _use_new_zipfile_serialization=False)
   assert convert_lpips.main(['--vgg', str(tmp_path / 'vgg16.pth'), '--out', str(tmp_path / 'p.npz')]) == 0
-  chex.assert_trees_all_equal(convert_lpips.load_npz(str(tmp_path / 'p.npz')), tv)
+  chex.assert_trees_all_equal(lp.load_npz(str(tmp_path / 'p.npz')), tv)
   torch.save(model.state_dict(), tmp_path / 'lpips.pth')
   chex.assert_trees_all_equal(convert_lpips.load(lpips_state=str(tmp_path / 'lpips.pth')), tv)
 
@@ -343,4 +344,4 @@ def test_converter_errors_name_the_keys(lpips_pair, tmp_path):
     convert_lpips.load()
   np.savez(tmp_path / 'p.npz', **{'lin0/kernel': np.zeros((1, 1, 64, 1), np.float32)})
   with pytest.raises(ConversionError, match='missing: net/features_0/kernel'):
-    convert_lpips.load_npz(str(tmp_path / 'p.npz'))
+    lp.load_npz(str(tmp_path / 'p.npz'))

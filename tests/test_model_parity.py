@@ -14,6 +14,10 @@ port therefore computes the points and the trilinear weights rounding for roundi
 (volume.frustum_points, layers._grid_sample): the points are bit-equal to `frustum_xyz` and the
 features' error is the 3-D net's own, which the original's float32-vs-float64 re-run puts at 3.7e-6 at a
 scale of 4.5 (`observed_tolerances.frustum_feats_r8_f32_vs_f64`), well inside 1e-5 x scale.
+
+Both lowerings are held to the same bounds (hv_jax.models.config.Lowering, same params): 'tuned' (the CPU
+default) on every key, 'literal' (XLA's native convolutions and the reference attention, the GPU/TPU default)
+on the keys whose computation a lowering changes, one per model part (LITERAL_KEYS).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ torch = pytest.importorskip('torch', reason='parity tests convert the PyTorch ch
 pytestmark = pytest.mark.skipif(not P.available(), reason=f'no parity fixtures in {P.PARITY_DIR}')
 
 from hv_jax.models import vae as vae_lib  # noqa: E402
+from hv_jax.models.init import abstract_params  # noqa: E402
 from hv_jax.models.syncdreamer import SyncDreamer  # noqa: E402
 from hv_jax.sampling import guidance  # noqa: E402
 
@@ -60,6 +65,15 @@ def reference_spread(key: str) -> float:
 LOOSER = {'time_embed_sinusoid': 1e-4, 'time_embed_out': 1e-4}
 
 
+# Lowering name -> ModelConfig (conv_impl, attn_impl), named explicitly so that both run on every backend.
+LOWERINGS = {'tuned': ('tuned', 'fast'), 'literal': ('xla', 'reference')}
+# The literal formulation on one key per model part whose ops a lowering rewrites: the VAE decoder (1x1, 3x3
+# and upsampling convs), the spatial volume (2-d target encoder, 3-d and transposed 3-d convs), the frustum
+# volumes (3-d and transposed 3-d convs, at every level) and one unguided UNet forward (1x1 and im2col convs,
+# upsampling convs, attention and depth attention).
+LITERAL_KEYS = ('vae_decode_out', 'spatial_volume', 'FRUSTUM', 'eps_plain')
+
+
 def _views_to_rows(a):
   """[B, N, C, h, w] fixture -> channels-last rows [B*N, h, w, C]."""
   return P.nhwc(a.reshape((-1,) + a.shape[2:]))
@@ -71,10 +85,16 @@ def _frustum_keys(f):
   return sorted(keys, key=lambda k: -int(k[len('frustum_feats_r'):]))
 
 
+def outputs(lowering: str = 'tuned'):
+  """Every model output with this lowering ('literal': LITERAL_KEYS only), computed once, keyed like the
+  fixtures (channels-last where spatial)."""
+  return _outputs(lowering)
+
+
 @functools.lru_cache(None)
-def outputs():
-  """Every model output, computed once, keyed like the fixtures (channels-last where spatial)."""
-  f, cfg, params = P.fixtures(), P.model_config(), P.converted_params()
+def _outputs(lowering: str):
+  f, params = P.fixtures(), P.converted_params()
+  cfg = P.model_config().with_lowering(*LOWERINGS[lowering])
   consts = P.config_json()['constants']
   model = SyncDreamer(cfg)
 
@@ -82,6 +102,21 @@ def outputs():
     return jax.jit(lambda p, *a: model.apply({'params': p}, *a, method=method))(params, *args)
 
   out = {}
+  b, n = f['x_t'].shape[:2]
+  x_t = _views_to_rows(f['x_t'])
+  fixture_vols = tuple(jnp.asarray(P.nhwc(f[k])) for k in _frustum_keys(f))
+  eps_fn = lambda *a: model.apply({'params': params}, *a, method=SyncDreamer.eps)
+  args = (x_t, f['t_flat'], f['cond_clip_embed'], fixture_vols, P.nhwc(f['x_concat']))
+  branches = jax.jit(lambda *a: guidance.branch_eps(eps_fn, *a[:-1], a[-1]))
+  if lowering != 'tuned':
+    out['vae_decode_out'] = call(SyncDreamer.vae_decode, P.nhwc(f['vae_decode_in']))
+    out['spatial_volume'] = call(SyncDreamer.spatial_volume_feats, x_t.reshape((b, n) + x_t.shape[1:]),
+                                 f['step_t_embed'], f['v_embed'])
+    vols = call(SyncDreamer.frustum_volumes, P.nhwc(f['spatial_volume']), f['step_t_embed'], f['v_embed'])
+    out.update(zip(_frustum_keys(f), vols))
+    out['eps_plain'] = branches(*args, guidance.branch_scales('none'))[0]
+    return {k: np.asarray(v) for k, v in out.items()}
+
   image = jnp.asarray(f['input_image'])
   from hv_jax.models.clip import preprocess
   out['clip_preprocessed'] = preprocess(image, cfg.clip)
@@ -89,8 +124,10 @@ def outputs():
   moments = call(SyncDreamer.vae_encode, image)
   mean, logvar, std = vae_lib.posterior(moments)
   out.update(vae_moments=moments, vae_mean=mean, vae_logvar=logvar, vae_std=std)
-  out['x_input'] = vae_lib.encode_first_stage(params['vae'], image, cfg.vae, noise=P.nhwc(f['vae_sample_noise']))
-  out['vae_mode_latent'] = vae_lib.encode_first_stage(params['vae'], image, cfg.vae, sample=False)
+  lw = cfg.lowering()
+  out['x_input'] = vae_lib.encode_first_stage(params['vae'], image, cfg.vae, noise=P.nhwc(f['vae_sample_noise']),
+                                              lowering=lw)
+  out['vae_mode_latent'] = vae_lib.encode_first_stage(params['vae'], image, cfg.vae, sample=False, lowering=lw)
   out['vae_decode_out'] = call(SyncDreamer.vae_decode, P.nhwc(f['vae_decode_in']))
   out.update(poses=params['poses'], Ks=params['Ks'], azimuth=params['azimuth'])
   out['v_embed'] = call(SyncDreamer.viewpoint_embedding, f['input_elevation'])
@@ -99,8 +136,6 @@ def outputs():
   out['time_embed_out'] = call(SyncDreamer.embed_time, f['time_embed_t'])
   out['step_t_embed'] = call(SyncDreamer.embed_time, f['step_t'])
 
-  b, n = f['x_t'].shape[:2]
-  x_t = _views_to_rows(f['x_t'])
   out['spatial_volume'] = call(SyncDreamer.spatial_volume_feats, x_t.reshape((b, n) + x_t.shape[1:]),
                                f['step_t_embed'], f['v_embed'])
   from hv_jax.models import volume as vol_lib
@@ -116,10 +151,6 @@ def outputs():
   out['cond_clip_embed'] = call(SyncDreamer.target_context, f['clip_embed'], f['v_embed'])
   out['x_concat'] = jnp.repeat(jnp.asarray(P.nhwc(f['x_input'])), n, axis=0)
 
-  fixture_vols = tuple(jnp.asarray(P.nhwc(f[k])) for k in _frustum_keys(f))
-  eps_fn = lambda *a: model.apply({'params': params}, *a, method=SyncDreamer.eps)
-  args = (x_t, f['t_flat'], f['cond_clip_embed'], fixture_vols, P.nhwc(f['x_concat']))
-  branches = jax.jit(lambda *a: guidance.branch_eps(eps_fn, *a[:-1], a[-1]))
   dg = branches(*args, guidance.branch_scales('harmonyview'))
   cfg_b = branches(*args, guidance.branch_scales('cfg'))
   s = consts['dg_scales']
@@ -146,26 +177,37 @@ MODEL_KEYS = ['clip_preprocessed', 'clip_embed', 'vae_moments', 'vae_mean', 'vae
               'eps_plain']
 
 
-def _keys():
+def _keys(names=MODEL_KEYS):
   if not P.available():
-    return MODEL_KEYS
+    return list(names)
   f = P.fixtures()
   keys = []
-  for k in MODEL_KEYS:
+  for k in names:
     keys.extend(_frustum_keys(f) if k == 'FRUSTUM' else [k])
   return keys
 
 
-@pytest.mark.parametrize('key', _keys())
-def test_fixture_key(key):
-  got, ref = outputs()[key], _reference(key)
+@pytest.mark.parametrize('lowering,key',
+                         [('tuned', k) for k in _keys()] + [('literal', k) for k in _keys(LITERAL_KEYS)])
+def test_fixture_key(lowering, key):
+  got, ref = outputs(lowering)[key], _reference(key)
   chex.assert_shape(got, ref.shape)
   rel = LOOSER.get(key, GUIDED if key in ('eps_dg', 'eps_cfg') else SINGLE)
   scale = max(1.0, float(np.max(np.abs(ref))))
   err = float(np.max(np.abs(got - ref)))
   atol = rel * scale + SPREAD_FACTOR * reference_spread(key)
-  P.report(key, err, atol, scale=scale, spread=reference_spread(key))
+  P.report(key, err, atol, scale=scale, spread=reference_spread(key), lowering=lowering)
   chex.assert_trees_all_close(got, ref, atol=atol, rtol=0)
+
+
+def test_lowering_changes_no_param():
+  """The converted checkpoint (converted for the default config) is exactly the literal lowering's param tree:
+  the same paths, shapes and dtypes."""
+  converted = P.converted_params()
+  literal = abstract_params(P.model_config().with_lowering(*LOWERINGS['literal']))
+  assert jax.tree.structure(converted) == jax.tree.structure(literal)
+  shapes = lambda tree: [(tuple(a.shape), jnp.dtype(a.dtype)) for a in jax.tree.leaves(tree)]
+  assert shapes(converted) == shapes(literal)
 
 
 def test_plain_equals_cond_branch():

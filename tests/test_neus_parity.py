@@ -1,6 +1,6 @@
 """Parity of the JAX NeuS renderer with HarmonyView's PyTorch NeuSRenderer (every neus_* fixture key).
 
-The reference-size checkpoint `neus_ref.ckpt` is converted by hv_jax.neus.convert; every stage is fed the
+The reference-size checkpoint `neus_ref.ckpt` is converted by convert/neus.py; every stage is fed the
 fixture's own inputs for that stage (so an error shows where it arises), and the whole chain is run too.
 
 Tolerances, each from an error analysis (fixture README "Tolerances" and the set's `observed_tolerances`):
@@ -49,7 +49,8 @@ import parity as P
 pytestmark = pytest.mark.skipif(not (P.available() and (P.PARITY_DIR / 'neus_ref.ckpt').is_file()),
                                 reason=f'no NeuS parity fixtures in {P.PARITY_DIR}')
 
-from hv_jax.neus import convert, fields  # noqa: E402
+from convert import neus as convert  # noqa: E402
+from hv_jax.neus import fields  # noqa: E402
 from hv_jax.neus import render as R  # noqa: E402
 
 FORWARD, CHAIN = 1e-5, 1e-4
@@ -73,9 +74,14 @@ def _f():
   return P.fixtures()
 
 
+# The set's "neus" block also records the sizes of the set's own NeuS inputs (tools/make_parity_set.py): no
+# renderer settings, so not NeuSConfig fields (the arrays carry their shapes). Any other key must be a field.
+SET_SIZE_KEYS = ('n_points', 'n_rays', 'upsample_n_importance')
+
+
 @functools.lru_cache(None)
 def cfg() -> fields.NeuSConfig:
-  return fields.NeuSConfig.from_dict(P.config_json()['neus'])
+  return fields.NeuSConfig.from_dict({k: v for k, v in P.config_json()['neus'].items() if k not in SET_SIZE_KEYS})
 
 
 @functools.lru_cache(None)
@@ -186,16 +192,16 @@ def test_convert_round_trip_and_errors():
 
   extra = dict(sd)
   extra['renderer.sdf_network.lin9.bias'] = sd['renderer.sdf_network.lin0.bias']
-  with pytest.raises(convert.NeuSConversionError, match=r'unexpected key: renderer\.sdf_network\.lin9\.bias'):
+  with pytest.raises(convert.ConversionError, match=r'unexpected key: renderer\.sdf_network\.lin9\.bias'):
     convert.convert_state_dict(extra, cfg())
   missing = {k: v for k, v in sd.items() if k != 'renderer.color_network.lin2.weight_g'}
-  with pytest.raises(convert.NeuSConversionError, match=r'missing key: renderer\.color_network\.lin2\.weight_g'):
+  with pytest.raises(convert.ConversionError, match=r'missing key: renderer\.color_network\.lin2\.weight_g'):
     convert.convert_state_dict(missing, cfg())
   bad = dict(sd)
   bad['renderer.sdf_network.lin3.weight_v'] = sd['renderer.sdf_network.lin2.weight_v']
-  with pytest.raises(convert.NeuSConversionError, match=r'mis-shaped key: renderer\.sdf_network\.lin3\.weight_v'):
+  with pytest.raises(convert.ConversionError, match=r'mis-shaped key: renderer\.sdf_network\.lin3\.weight_v'):
     convert.convert_state_dict(bad, cfg())
-  with pytest.raises(convert.NeuSConversionError, match='unexpected key: sdf_network'):
+  with pytest.raises(convert.ConversionError, match='unexpected key: sdf_network'):
     convert.convert_state_dict({k[len('renderer.'):]: v for k, v in sd.items()}, cfg())
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from convert import names
 from hv_jax.models import clip, layers
+from hv_jax.models.config import Lowering
 
 torch = pytest.importorskip('torch', reason='live parity checks need torch: pip install torch==2.13.0')
 F = torch.nn.functional
@@ -69,21 +70,37 @@ def test_conv_layouts(ndim, stride, padding):
   _close(out, ref)
 
 
-@pytest.mark.parametrize('impl', ['auto', 'xla'])
+@pytest.mark.parametrize('impl', ['tuned', 'xla'])
 @pytest.mark.parametrize('stride,shape', [(1, (7, 5, 6)), (2, (7, 5, 6)), (1, (3, 2, 2))])
-def test_conv3d_lowerings(impl, stride, shape, monkeypatch):
+def test_conv3d_lowerings(impl, stride, shape):
   """Both lowerings of a 3-d conv (depth-folded 2-d conv / lax 3-d conv) on odd, non-cubic shapes."""
-  monkeypatch.setattr(layers, 'CONV_IMPL', impl)
+  lowering = Lowering(conv=impl)
   m = torch.nn.Conv3d(5, 7, 3, stride=stride, padding=1)
   x = RNG.normal(size=(2,) + shape + (5,)).astype(np.float32)
   ref = m(_t(x).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).detach().numpy()
   k = names.TRANSFORMS['conv3d'](m.weight.detach().numpy())
-  out = layers.conv(7, 3, stride=stride, padding=1, ndim=3).apply({'params': {'kernel': k, 'bias': m.bias.detach().numpy()}}, x)
+  out = layers.conv(7, 3, stride=stride, padding=1, ndim=3, lowering=lowering).apply(
+      {'params': {'kernel': k, 'bias': m.bias.detach().numpy()}}, x)
   _close(out, ref)
   mt = torch.nn.ConvTranspose3d(5, 4, kernel_size=3, padding=1, output_padding=1, stride=2)
   ref_t = mt(_t(x).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).detach().numpy()
   params = {'kernel': names.TRANSFORMS['conv_transpose3d'](mt.weight.detach().numpy()), 'bias': mt.bias.detach().numpy()}
-  _close(layers.ConvTranspose3d(4).apply({'params': params}, x), ref_t)
+  _close(layers.ConvTranspose3d(4, lowering=lowering).apply({'params': params}, x), ref_t)
+
+
+@pytest.mark.parametrize('impl', ['tuned', 'xla'])
+@pytest.mark.parametrize('kernel,hw,upsample', [(1, (5, 6), False), (3, (4, 3), False), (3, (3, 5), True)])
+def test_conv2d_lowerings(impl, kernel, hw, upsample):
+  """Both lowerings of the 2-d convs the tuned one rewrites: 1x1 (matmul), 3x3 on a small map (im2col), and
+  the 3x3 conv of a nearest-2x-upsampled map (four phase convs), against torch."""
+  m = torch.nn.Conv2d(5, 7, kernel, padding=kernel // 2)
+  x = RNG.normal(size=(2,) + hw + (5,)).astype(np.float32)
+  xt = _t(x).permute(0, 3, 1, 2)
+  ref = m(F.interpolate(xt, scale_factor=2, mode='nearest') if upsample else xt).permute(0, 2, 3, 1).detach().numpy()
+  k = names.TRANSFORMS['conv2d'](m.weight.detach().numpy())
+  out = layers.conv(7, kernel, upsample=upsample, lowering=Lowering(conv=impl)).apply(
+      {'params': {'kernel': k, 'bias': m.bias.detach().numpy()}}, x)
+  _close(out, ref)
 
 
 def test_linear_layout():

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 from convert import raft as conv
-from convert.syncdreamer import ConversionError
+from convert.torch_io import ConversionError
 from hv_jax.metrics import flow as F
 from hv_jax.metrics import raft
 

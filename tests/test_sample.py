@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import parity as P
+from hv_jax.models.config import ModelConfig
 from hv_jax.sampling import pipeline
 from hv_jax.sampling.sampler import Sampler, SamplerConfig, instance_keys
 
@@ -61,7 +62,7 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(finished, demo_run):
   manifests = demo_run[1]
   out = pathlib.Path(c.output_dir) / 'bell'
   assert _outputs(out) == ['0.png', '1.png', 'grid.png', 'manifest.json']
-  s = pipeline.tiny_model_config().image_size
+  s = ModelConfig.tiny().image_size
   assert Image.open(out / '0.png').size == (16 * s, s)
   assert Image.open(out / 'grid.png').size == (16 * s, 2 * s)
   m = json.loads((out / 'manifest.json').read_text())
@@ -150,9 +151,12 @@ def test_a_strip_changed_after_the_run_is_sampled_again(finished, caplog):
 
 
 def _demo_sampler():
-  """The same jitted sampler the demo job uses (shared compile across these tests)."""
-  cfg = pipeline.tiny_model_config()
-  return cfg, pipeline.compiled_sampler(cfg, SamplerConfig(steps=STEPS), tuple(jax.local_devices()[:1]))
+  """The jitted sampler of the demo job (`demo_run`): the same model config, sampler config, devices and
+  progress setting, so `compiled_sampler` hands back the function that run compiled (one compile for both)."""
+  c = _config(pathlib.Path('/tmp'))
+  cfg = pipeline.resolve_weights(c).model_config
+  return cfg, pipeline.compiled_sampler(cfg, pipeline.sampler_config(c), tuple(jax.local_devices()[:1]),
+                                        bool(c.progress))
 
 
 def test_new_images_seeds_and_scales_do_not_recompile():
@@ -189,9 +193,10 @@ _MULTI_DEVICE = textwrap.dedent('''
     import json, sys, numpy as np, jax
     from hv_jax.sampling import pipeline
     from hv_jax.sampling.sampler import SamplerConfig, instance_keys
+    from hv_jax.models.config import ModelConfig
     from hv_jax.models.init import random_params
     assert jax.device_count() == 8, jax.devices()
-    cfg = pipeline.tiny_model_config()
+    cfg = ModelConfig.tiny()
     params = random_params(cfg, 0)
     sconf = SamplerConfig(steps=%d)
     rng = np.random.default_rng(0)
@@ -303,7 +308,7 @@ def test_exact_schedule_runs_the_count_asked_and_the_manifest_says_which(tmp_pat
   c = _config(tmp_path, sample_steps=3, ddim_spacing='uniform_exact')
   pipeline.validate(c)
   sconf = pipeline.sampler_config(c)
-  assert Sampler(pipeline.tiny_model_config(), sconf).tables.num_steps == 3     # the scan runs 3 steps
+  assert Sampler(ModelConfig.tiny(), sconf).tables.num_steps == 3     # the scan runs 3 steps
   weights = pipeline.resolve_weights(c)
   job = pipeline.load_inputs(c)[0]
   settings = pipeline.settings_of(c, job, weights, sconf, pipeline.scales_of(c))
@@ -335,7 +340,7 @@ def test_cli_reports_one_line_without_traceback(tmp_path):
 
 def test_memory_knobs_keep_the_result():
   """view chunks (sequential lax.map) and remat change memory, not numbers; bfloat16 stays close."""
-  cfg = pipeline.tiny_model_config()
+  cfg = ModelConfig.tiny()
   from hv_jax.models.init import random_params
   from hv_jax.sampling.sampler import Condition
   params = random_params(cfg, 2)

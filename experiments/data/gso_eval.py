@@ -34,9 +34,9 @@ from experiments.data import images
 from hv_jax import digest
 from hv_jax.data import preprocess
 from hv_jax.data.preprocess import InputError
+from hv_jax.data.views import NUM_VIEWS, VIEW_FILES
 
 VIEW_SIZE = 256
-NUM_VIEWS = preprocess.NUM_VIEWS
 ELEVATION_DEG = 30.0   # every GSO-eval input view (camera-16.pkl: elevation pi/6)
 MESH_FILE = 'model.obj'
 FILE_FORMAT = 'array_record'
@@ -78,7 +78,7 @@ def object_dirs(root) -> List[Path]:
                      f'with 000.png ... {NUM_VIEWS - 1:03d}.png')
   lacking = []
   for d in dirs:
-    missing = [f'{i:03d}.png' for i in range(NUM_VIEWS) if not (d / f'{i:03d}.png').is_file()]
+    missing = [name for name in VIEW_FILES if not (d / name).is_file()]
     if missing:
       what = 'all views' if len(missing) == NUM_VIEWS else ', '.join(missing)
       lacking.append(f'{d.name} ({what})')
@@ -93,7 +93,7 @@ def fingerprint(dirs: List[Path]) -> str:
   a build is reused only for the same content, not just the same folder and object names."""
   h = hashlib.sha256()
   for d in dirs:
-    for f in [d / f'{i:03d}.png' for i in range(NUM_VIEWS)] + [d / MESH_FILE]:
+    for f in [d / name for name in VIEW_FILES] + [d / MESH_FILE]:
       if f.is_file():
         h.update(f'{d.name}/{f.name}\0{digest.file_sha256(f)}\0'.encode())
   return h.hexdigest()
@@ -170,7 +170,7 @@ camera-16.pkl. Keep the CC BY 4.0 attribution (c) 2020 Google LLC with any copy.
 
   def _generate_examples(self, dirs):
     for d in dirs:
-      views = [_view(d / f'{i:03d}.png') for i in range(NUM_VIEWS)]
+      views = [_view(d / name) for name in VIEW_FILES]
       mesh = d / MESH_FILE
       yield d.name, {'name': d.name, 'input_view': views[0], 'elevation': ELEVATION_DEG, 'gt_views': views,
                      'mesh_path': str(mesh) if mesh.is_file() else ''}

@@ -15,6 +15,7 @@ import numpy as np
 
 from hv_jax.data import preprocess
 from hv_jax.data.preprocess import InputError
+from hv_jax.data.views import NUM_VIEWS
 
 ELEVATIONS_FILE = 'elevations.json'
 _MAX_LISTED = 3   # errors quoted in full when several inputs are bad
@@ -35,8 +36,8 @@ def make_record(name: str, input_view, elevation, gt_views=None, mesh_path: str 
     raise InputError(f'{name}: {e}') from None
   if gt_views is not None:
     gt_views = np.asarray(gt_views)
-    if gt_views.dtype != np.uint8 or gt_views.ndim != 4 or gt_views.shape[::3] != (preprocess.NUM_VIEWS, 4):
-      raise InputError(f'{name}: gt_views must be a [{preprocess.NUM_VIEWS}, H, W, 4] uint8 array, '
+    if gt_views.dtype != np.uint8 or gt_views.ndim != 4 or gt_views.shape[::3] != (NUM_VIEWS, 4):
+      raise InputError(f'{name}: gt_views must be a [{NUM_VIEWS}, H, W, 4] uint8 array, '
                        f'got {gt_views.shape} {gt_views.dtype}')
   return {'name': name, 'input_view': view, 'elevation': float(elevation), 'gt_views': gt_views,
           'mesh_path': str(mesh_path or '')}

@@ -26,10 +26,11 @@ from typing import List, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from hv_jax.data.views import VIEW_FILES
+
 PathLike = Union[str, os.PathLike]
 
 ELEVATION_RANGE = (-10.0, 40.0)   # degrees; the SyncDreamer README's supported input elevations
-NUM_VIEWS = 16                    # GSO-eval object folders hold 000.png ... 015.png; 000 is the input view
 IMAGE_SUFFIXES = ('.png', '.webp', '.tif', '.tiff', '.gif', '.bmp', '.jpg', '.jpeg')
 
 # Modes whose extra band is a real alpha channel ('LAB' also has an 'A' band, which is not alpha).
@@ -191,7 +192,7 @@ def _is_object_folder(d: Path) -> bool:
   """All 16 views 000.png ... 015.png, or 000.png as the only image (e.g. the bundled demo, view 000 only)."""
   if not (d / '000.png').is_file():
     return False
-  if all((d / f'{i:03d}.png').is_file() for i in range(1, NUM_VIEWS)):
+  if all((d / name).is_file() for name in VIEW_FILES[1:]):     # a GSO-eval object folder; 000 is the input view
     return True
   return not any(c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES and c.name != '000.png'
                  for c in d.iterdir() if _visible(c))

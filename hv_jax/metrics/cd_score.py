@@ -20,17 +20,17 @@ from __future__ import annotations
 import functools
 import re
 import statistics
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from hv_jax import optional
+from hv_jax.data.views import NUM_VIEWS
 from hv_jax.models import clip
 from hv_jax.models.config import CLIPModelConfig
-
-NUM_VIEWS = 16
 
 
 def prompt_for(name: str) -> str:
@@ -54,10 +54,7 @@ def tokenize(prompt: str, tokenizer, context_length: int = 77) -> np.ndarray:
 
 def load_tokenizer(path: str):
   """transformers CLIPTokenizer from a folder with vocab.json + merges.txt (a Hugging Face CLIP download)."""
-  try:
-    from transformers import CLIPTokenizer
-  except ImportError as e:
-    raise RuntimeError('the CD score needs transformers for the CLIP tokenizer: pip install transformers') from e
+  CLIPTokenizer = optional.clip_tokenizer()
   try:
     return CLIPTokenizer.from_pretrained(path, local_files_only=True)
   except Exception as e:  # noqa: BLE001  (transformers raises OSError/ValueError/... for missing files)

@@ -14,15 +14,14 @@ jitted call, batched over sets and pairs.
 from __future__ import annotations
 
 import functools
-import os
+import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hv_jax.data.views import split_strip  # noqa: F401  (strips are split in hv_jax.data.views)
 from hv_jax.metrics import raft
-
-NUM_VIEWS = 16
 
 
 def composite_rgba(rgba):
@@ -33,28 +32,6 @@ def composite_rgba(rgba):
   x = rgba.astype(np.float32)
   a = x[..., 3:]
   return x[..., :3] * (a / np.float32(255)) + (np.float32(255) - a)
-
-
-def split_strip(strip, num_views: int = NUM_VIEWS):
-  """[H, V*W, C] image strip -> [V, H, W, C] views (np.array_split along the width, as the reference)."""
-  strip = np.asarray(strip)
-  if strip.ndim != 3:
-    raise ValueError(f'split_strip: want an [H, W, C] image, got shape {strip.shape}')
-  if strip.shape[1] % num_views:
-    raise ValueError(f'split_strip: width {strip.shape[1]} is not {num_views} equal views')
-  return np.stack(np.array_split(strip, num_views, axis=1))
-
-
-def read_gt_views(gt_dir, num_views: int = NUM_VIEWS):
-  """[V, H, W, 4] uint8 from gt_dir/000.png ... (RGBA, as skimage.io.imread reads them)."""
-  from PIL import Image
-  views = []
-  for k in range(num_views):
-    path = os.path.join(gt_dir, f'{k:03}.png')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'GT view missing: {path}')
-    views.append(np.asarray(Image.open(path).convert('RGBA')))
-  return np.stack(views)
 
 
 def cyclic_flows(params, views, iters=20):
@@ -111,7 +88,6 @@ def e_flow(params, gt_rgba, generated, iters: int = 20, batch_size: int | None =
   raft.check_size(*gt_rgba.shape[1:3])
   if gt_cache is None:
     return np.asarray(_e_flow(params, composite_rgba(gt_rgba), generated, jnp.int32(iters), batch_size))
-  import hashlib
   key = (hashlib.sha1(gt_rgba.tobytes()).hexdigest(), gt_rgba.shape, int(iters))
   if key not in gt_cache:
     gt_cache[key] = _gt_flows(params, jnp.asarray(composite_rgba(gt_rgba)), jnp.int32(iters))

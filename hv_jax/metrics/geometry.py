@@ -19,11 +19,14 @@ Conventions of the original evaluation (see docs/neus.md):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+from scipy.spatial import cKDTree
 
+from hv_jax import optional
 from hv_jax.models.cameras import default_cameras
 
 # get_gt_rotate_angle of eval_mesh.py, in degrees, for the 30 objects of the GSO evaluation set (the folders of
@@ -68,7 +71,6 @@ class UnknownObjectError(MeshError):
 
 def close_object_names(name: str, n: int = 3):
   """Known object names closest to `name`: the case-insensitive match first, then difflib's."""
-  import difflib
   same_case = [k for k in GT_ROTATION_DEG if k.lower() == str(name).lower()]
   close = difflib.get_close_matches(str(name).lower(), list(GT_ROTATION_DEG), n=n, cutoff=0.6)
   return list(dict.fromkeys(same_case + close))[:n]
@@ -84,7 +86,7 @@ def gt_rotation_angle(name: str, hint: str = '') -> float:
 
 def load_mesh(path) -> Mesh:
   """Vertices and triangles of a .obj/.ply/... file as stored (no merging, no repair)."""
-  import trimesh
+  trimesh = optional.trimesh()
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise MeshError(f'{path}: no such mesh file')
@@ -112,10 +114,8 @@ def normalize_gt(vertices: np.ndarray, angle_deg: float) -> np.ndarray:
 
 
 def _intersector(mesh: Mesh):
-  import trimesh
-  from trimesh.ray import ray_pyembree
-  tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-  return ray_pyembree.RayMeshIntersector(tm)
+  tm = optional.trimesh().Trimesh(mesh.vertices, mesh.faces, process=False)
+  return optional.ray_pyembree().RayMeshIntersector(tm)
 
 
 def render_depth(mesh: Mesh, K: np.ndarray, pose: np.ndarray, height: int = 256, width: int = 256,
@@ -174,7 +174,6 @@ def voxel_downsample(points: np.ndarray, voxel_size: float = VOXEL_SIZE) -> np.n
 
 def nearest_distances(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
   """Distance from each point of src to its nearest neighbour in dst (exact, KD-tree)."""
-  from scipy.spatial import cKDTree
   d, _ = cKDTree(np.asarray(dst, np.float64)).query(np.asarray(src, np.float64), k=1)
   return d
 

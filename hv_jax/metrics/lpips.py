@@ -13,12 +13,16 @@ Parameter tree (built by `convert/lpips.py`):
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from hv_jax.errors import ConversionError
 
 # torchvision vgg16 `features` (cfg 'D'); 'M' = MaxPool2d(2, 2). Each conv is followed by ReLU(inplace).
 VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
@@ -114,7 +118,6 @@ def lpips(params, x: jax.Array, y: jax.Array) -> jax.Array:
 def random_params(seed: int = 0):
   """Random parameters in the real layout (tests, benchmarks), drawn with numpy: He-normal kernels,
   small biases, positive heads. Real weights come from convert/lpips.py."""
-  from flax import traverse_util
   rng = np.random.default_rng(seed)
   flat = {}
   for path, shape in param_shapes().items():
@@ -124,4 +127,30 @@ def random_params(seed: int = 0):
       flat[path] = (rng.normal(size=shape) * np.sqrt(2. / np.prod(shape[:3]))).astype(np.float32)
     else:
       flat[path] = (rng.normal(size=shape) * 0.01).astype(np.float32)
+  return traverse_util.unflatten_dict(flat)
+
+
+def save_npz(params: dict, path: str) -> None:
+  """Converted params as an .npz: flat '/'-joined keys, float32 (python -m convert.lpips writes these)."""
+  flat = traverse_util.flatten_dict(params, sep='/')
+  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+
+
+def load_npz(path: str) -> dict:
+  """Params written by save_npz (python -m convert.lpips), checked against the model layout. Reads converted
+  weights only: no torch, nothing of convert/."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'LPIPS params not found: {path}')
+  try:
+    with np.load(path) as z:
+      flat = {tuple(k.split('/')): z[k] for k in z.files}
+  except Exception as e:  # noqa: BLE001
+    raise ConversionError(f'{path} is not a readable .npz (truncated or corrupt?): {e}') from e
+  shapes = param_shapes()
+  bad = [f'  missing: {"/".join(p)}' for p in shapes if p not in flat]
+  bad += [f'  unexpected: {"/".join(p)}' for p in flat if p not in shapes]
+  bad += [f'  mis-shaped: {"/".join(p)} {flat[p].shape}, expected {shapes[p]}'
+          for p in shapes if p in flat and flat[p].shape != shapes[p]]
+  if bad:
+    raise ConversionError(f'{path} does not hold LPIPS-VGG params:\n' + '\n'.join(bad))
   return traverse_util.unflatten_dict(flat)

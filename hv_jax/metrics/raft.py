@@ -27,6 +27,7 @@ import functools
 from typing import Tuple
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -311,7 +312,6 @@ def abstract_params(h: int = 64, w: int = 64):
 @functools.lru_cache(maxsize=1)
 def param_shapes() -> Tuple[Tuple[Tuple[str, ...], Tuple[int, ...]], ...]:
   """((path, shape), ...) of every leaf, sorted by path."""
-  from flax import traverse_util
   flat = traverse_util.flatten_dict(abstract_params())
   return tuple(sorted((k, tuple(v.shape)) for k, v in flat.items()))
 

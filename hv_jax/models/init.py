@@ -4,7 +4,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from hv_jax.models import cameras
 from hv_jax.models.config import ModelConfig
 from hv_jax.models.syncdreamer import SyncDreamer
 
@@ -27,8 +29,6 @@ def random_params(config: ModelConfig, seed: int = 0):
   Kernels ~ N(0, 1/fan_in), norm scales 1, biases 0, CLIP embeddings N(0, 0.02); the cameras are the real
   ones. For demos and benchmarks only: these are not trained weights.
   """
-  from flax import traverse_util
-  from hv_jax.models import cameras
   rng = np.random.default_rng(seed)
   K, poses, az = cameras.default_cameras(config.view_num, config.image_size)
   fixed = {('Ks',): K, ('poses',): poses, ('azimuth',): az}

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hv_jax.models.config import TUNED, Lowering
+
 
 class GroupNorm(nn.Module):
   """torch.nn.GroupNorm on channels-last input [B, ..., C], statistics in float32."""
@@ -56,30 +58,24 @@ class LayerNorm(nn.Module):
     return y.astype(dtype)
 
 
-# How `conv()` lowers convolutions (read at trace time, so set it before jit-compiling):
-#   'xla'  - every conv is one `lax.conv_general_dilated` (the literal formulation).
-#   'auto' - 1x1 convs (stride 1, no padding) become one matmul over the channel axis; 3x3 stride-1
-#            convs on small maps (h * w <= IM2COL_MAX_PIXELS) become im2col (9 shifted copies
-#            concatenated on channels) + one matmul; everything else stays a `lax.conv`.
-#            A 3x3 conv of a nearest-2x-upsampled map (`upsample=True`) runs as four 2x2 convs on the
-#            small map, one per output phase, with the kernel taps that see the same input pixel summed
-#            (4/9 of the FLOPs, no upsampled copy).
-#            Same sums as the conv (float32 rounding order aside); XLA:CPU runs these shapes faster.
-# The param tree is the same either way: kernel [*k, C_in, C_out] (HWIO), bias [C_out].
-CONV_IMPL = 'auto'
-IM2COL_MAX_PIXELS = 16
-
-
 class Conv(nn.Module):
-  """nn.Conv's params and semantics (NHWC / NDHWC, explicit padding), with a choice of lowering."""
+  """nn.Conv's params and semantics (NHWC / NDHWC, explicit padding), with a choice of lowering.
+
+  `lowering.conv` (a static field, see hv_jax.models.config.Lowering): 'xla' is one `lax.conv_general_dilated`;
+  'tuned' turns 1x1 convs (stride 1, no padding) into one matmul over channels, 3x3 stride-1 convs on maps of
+  h * w <= lowering.im2col_max_pixels into im2col + one matmul, a 3x3 conv of the nearest-2x-upsampled map
+  (`upsample=True`) into four 2x2 phase convs on the small map, and 3-d convs into one depth-folded 2-d conv;
+  everything else stays a `lax.conv`. Same sums either way (float32 rounding order aside), and the same param
+  tree: kernel [*k, C_in, C_out] (HWIO), bias [C_out].
+  """
   features: int
   kernel_size: tuple
   strides: tuple
   padding: tuple          # ((lo, hi), ...) per spatial axis
   use_bias: bool = True
   dtype: jnp.dtype | None = None
-  impl: str | None = None  # None: the module-level CONV_IMPL
   upsample: bool = False   # nearest-2x-upsample the input first (F.interpolate + conv of LDM's Upsample)
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x):
@@ -90,28 +86,28 @@ class Conv(nn.Module):
     dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
     x = x.astype(dtype)
     kernel = kernel.astype(dtype)
-    impl = self.impl or CONV_IMPL
-    if impl not in ('xla', 'auto'):
-      raise ValueError(f'unknown conv impl {impl!r}: use "xla" or "auto"')
+    tuned = self.lowering.conv == 'tuned'
     strided = any(s != 1 for s in self.strides)
     pad3 = len(ks) == 2 and ks == (3, 3) and tuple(self.padding) == ((1, 1), (1, 1))
     if self.upsample:
       if len(ks) != 2:
         raise ValueError('Conv(upsample=True) is 2-d only')
-      if impl == 'auto' and pad3 and not strided:
+      if tuned and pad3 and not strided:
         y = _upsample2x_conv3x3(x, kernel)
         return y if bias is None else y + bias.astype(dtype)
       x = upsample_nearest_2x(x)
     nd = len(ks)
     if nd not in (2, 3):
       raise ValueError(f'Conv: {nd}-d kernels not supported')
-    if impl == 'auto' and not strided and all(k == 1 for k in ks) and all(p == (0, 0) for p in self.padding):
+    if tuned and not strided and all(k == 1 for k in ks) and all(p == (0, 0) for p in self.padding):
       y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.reshape(x.shape[-1], self.features))
       y = y.reshape(x.shape[:-1] + (self.features,))
-    elif impl == 'auto' and nd == 3:
-      y = _conv3d_depth_folded(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
-    elif impl == 'auto':
-      y = _conv2d(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
+    elif tuned and nd == 3:
+      y = _conv3d_depth_folded(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding),
+                               self.lowering.im2col_max_pixels)
+    elif tuned:
+      y = _conv2d(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding),
+                  self.lowering.im2col_max_pixels)
     else:
       dn = ('NHWC', 'HWIO', 'NHWC') if nd == 2 else ('NDHWC', 'DHWIO', 'NDHWC')
       y = jax.lax.conv_general_dilated(x, kernel, window_strides=tuple(self.strides),
@@ -121,17 +117,18 @@ class Conv(nn.Module):
     return y
 
 
-def _conv2d(x, kernel, strides, padding):
-  """2-d conv [B, H, W, C] x [kh, kw, C, O]: im2col + matmul for 3x3/pad-1/stride-1 on small maps, else lax."""
+def _conv2d(x, kernel, strides, padding, im2col_max_pixels: int):
+  """2-d conv [B, H, W, C] x [kh, kw, C, O]: im2col + matmul for 3x3/pad-1/stride-1 on maps of at most
+  `im2col_max_pixels` pixels, else lax."""
   h, w = x.shape[1:3]
   if (kernel.shape[:2] == (3, 3) and tuple(strides) == (1, 1) and tuple(padding) == ((1, 1), (1, 1))
-      and h * w <= IM2COL_MAX_PIXELS):
+      and h * w <= im2col_max_pixels):
     return _conv3x3_im2col(x, kernel)
   return jax.lax.conv_general_dilated(x, kernel, window_strides=tuple(strides), padding=list(padding),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _conv3d_depth_folded(x, kernel, strides, padding):
+def _conv3d_depth_folded(x, kernel, strides, padding, im2col_max_pixels: int):
   """3-d conv [B, D, H, W, C] x [kd, kh, kw, C, O] as ONE 2-d conv: the kd depth taps are stacked on
   channels (kd*C) and the output depths folded into the batch. XLA:CPU has no fast 3-d conv; its 2-d
   convs are ~10x faster here. Same sums as the 3-d conv (float32 rounding order aside)."""
@@ -143,7 +140,7 @@ def _conv3d_depth_folded(x, kernel, strides, padding):
   taps = [xp[:, j:j + sd * (dout - 1) + 1:sd] for j in range(kd)]                   # each [B, dout, H, W, C]
   xs = jnp.concatenate(taps, -1).reshape(b * dout, h, w, kd * c)
   k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * c, o)          # channel index j*C + c
-  y = _conv2d(xs, k2, strides[1:], padding[1:])
+  y = _conv2d(xs, k2, strides[1:], padding[1:], im2col_max_pixels)
   return y.reshape((b, dout) + y.shape[1:])
 
 
@@ -179,14 +176,15 @@ def _upsample2x_conv3x3(x, kernel):
 
 def conv(features: int, kernel: int | Sequence[int], *, stride: int = 1, padding: int | None = None,
          use_bias: bool = True, ndim: int = 2, name: str | None = None, dtype=None,
-         upsample: bool = False) -> Conv:
+         upsample: bool = False, lowering: Lowering = TUNED) -> Conv:
   """A torch-style Conv{2,3}d: symmetric integer padding (default kernel//2), stride, bias flag.
 
-  upsample=True: the conv of the nearest-2x-upsampled input (LDM's Upsample), see CONV_IMPL.
+  upsample=True: the conv of the nearest-2x-upsampled input (LDM's Upsample), see `Conv`.
   """
   ks = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
   pad = tuple((k // 2, k // 2) for k in ks) if padding is None else ((padding, padding),) * ndim
-  return Conv(features, ks, (stride,) * ndim, pad, use_bias=use_bias, name=name, dtype=dtype, upsample=upsample)
+  return Conv(features, ks, (stride,) * ndim, pad, use_bias=use_bias, name=name, dtype=dtype, upsample=upsample,
+              lowering=lowering)
 
 
 def dense(features: int, *, use_bias: bool = True, name: str | None = None, dtype=None) -> nn.Dense:
@@ -198,7 +196,8 @@ class ConvTranspose3d(nn.Module):
 
   The kernel is stored as [kD, kH, kW, C_in, C_out] (torch's [C_in, C_out, k, k, k] moved to
   channels-last); the forward pass is the gradient of a strided conv: dilate the input by the stride,
-  pad (k-1-p, k-1-p+output_padding) and correlate with the spatially flipped kernel.
+  pad (k-1-p, k-1-p+output_padding) and correlate with the spatially flipped kernel. With
+  `lowering.conv == 'tuned'`, k=3/s=2/p=1/op=1 runs as 8 output-phase convs on the undilated input instead.
   """
   features: int
   kernel_size: int = 3
@@ -206,6 +205,7 @@ class ConvTranspose3d(nn.Module):
   padding: int = 1
   output_padding: int = 1
   dtype: jnp.dtype | None = None
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x):
@@ -214,8 +214,9 @@ class ConvTranspose3d(nn.Module):
                         jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     dtype = self.dtype or x.dtype
-    if CONV_IMPL == 'auto' and (k, self.stride, self.padding, self.output_padding) == (3, 2, 1, 1):
-      return _conv_transpose3d_phases(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+    if self.lowering.conv == 'tuned' and (k, self.stride, self.padding, self.output_padding) == (3, 2, 1, 1):
+      return (_conv_transpose3d_phases(x.astype(dtype), kernel.astype(dtype), self.lowering.im2col_max_pixels)
+              + bias.astype(dtype))
     lo = k - 1 - self.padding
     hi = lo + self.output_padding
     y = jax.lax.conv_general_dilated(
@@ -225,7 +226,7 @@ class ConvTranspose3d(nn.Module):
     return y + bias.astype(dtype)
 
 
-def _conv_transpose3d_phases(x, kernel):
+def _conv_transpose3d_phases(x, kernel, im2col_max_pixels: int):
   """ConvTranspose3d(k=3, s=2, p=1, op=1) without the zero-dilated input: output o = 2i - 1 + k per axis, so
   even outputs 2m take tap k=1 of input m and odd outputs 2m+1 take taps k=2 of input m and k=0 of m+1
   (zero past the end). Each of the 8 output phases is a small conv on x; they are interleaved."""
@@ -238,7 +239,7 @@ def _conv_transpose3d_phases(x, kernel):
       for cc in (0, 1):
         (ka, pa), (kb, pb), (kc, pc) = taps[a], taps[bb], taps[cc]
         kern = kernel[jnp.array(ka)][:, jnp.array(kb)][:, :, jnp.array(kc)]        # [ta, tb, tc, C, O]
-        phases.append(_conv3d_depth_folded(x, kern, (1, 1, 1), (pa, pb, pc)))
+        phases.append(_conv3d_depth_folded(x, kern, (1, 1, 1), (pa, pb, pc), im2col_max_pixels))
   y = jnp.stack(phases, 0).reshape(2, 2, 2, b, d, h, w, o)
   return jnp.transpose(y, (3, 4, 0, 5, 1, 6, 2, 7)).reshape(b, 2 * d, 2 * h, 2 * w, o)
 
@@ -251,10 +252,11 @@ def upsample_nearest_2x(x):
 class Upsample(nn.Module):
   """Upsample(with_conv=True) of both the UNet and the VAE: nearest x2, then a 3x3 conv named `conv`."""
   dtype: jnp.dtype | None = None
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x):
-    return conv(x.shape[-1], 3, name='conv', dtype=self.dtype, upsample=True)(x)
+    return conv(x.shape[-1], 3, name='conv', dtype=self.dtype, upsample=True, lowering=self.lowering)(x)
 
 
 def _gather_nd(feats, idx):

@@ -32,18 +32,22 @@ Dtype = Any
 
 
 class SyncDreamer(nn.Module):
+  """`config.conv_impl` / `attn_impl` choose the lowering of every conv and attention layer; 'auto' is
+  resolved here, for the backend the model is built on (`ModelConfig.lowering`). The CLIP tower's one conv
+  is the strided patchify, a `lax.conv` in every lowering."""
   config: ModelConfig
   dtype: Dtype = jnp.float32   # compute dtype of the UNet and volume nets (params stay float32)
   remat: bool = False          # rematerialise UNet blocks (memory for compute)
 
   def setup(self):
     c = self.config
+    lw = c.lowering()
     self.time_embed_0 = dense(c.time_embed_dim)
     self.time_embed_2 = dense(c.time_embed_dim)
     self.cc_projection = dense(c.unet.context_dim)
-    self.spatial_volume = SpatialVolumeNet(c.volume, c.view_num, self.dtype)
-    self.unet = DepthWiseAttentionUNet(c.unet, self.dtype, self.remat)
-    self.vae = AutoencoderKL(c.vae)
+    self.spatial_volume = SpatialVolumeNet(c.volume, c.view_num, self.dtype, lw)
+    self.unet = DepthWiseAttentionUNet(c.unet, self.dtype, self.remat, lw)
+    self.vae = AutoencoderKL(c.vae, lowering=lw)
     self.clip = CLIPVisionTower(c.clip)
     K, poses, az = cameras.default_cameras(c.view_num, c.image_size)
     self.poses = self.param('poses', lambda _: jnp.asarray(poses))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hv_jax.models.config import VolumeConfig
+from hv_jax.models.config import TUNED, Lowering, VolumeConfig
 from hv_jax.models.layers import (ConvTranspose3d, GroupNorm, conv, grid_sample_2d, grid_sample_3d,
                                   round_before_add)
 
@@ -137,13 +137,15 @@ def _torch_inverse(a):
 class ResBlockWithTV(nn.Module):
   """Image2DResBlockWithTV: x + conv(GN-SiLU-conv-GN-SiLU-conv)(x + t_proj(t) + v_proj(v))."""
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x, t, v):
     dim = x.shape[-1]
-    h = x + conv(dim, 1, name='time_embed', dtype=self.dtype)(t) + conv(dim, 1, name='view_embed', dtype=self.dtype)(v)
-    h = conv(dim, 3, name='conv_2', dtype=self.dtype)(nn.silu(GroupNorm(8, name='conv_0')(h)))
-    h = conv(dim, 3, name='conv_5', dtype=self.dtype)(nn.silu(GroupNorm(8, name='conv_3')(h)))
+    cv = lambda k, name: conv(dim, k, name=name, dtype=self.dtype, lowering=self.lowering)
+    h = x + cv(1, 'time_embed')(t) + cv(1, 'view_embed')(v)
+    h = cv(3, 'conv_2')(nn.silu(GroupNorm(8, name='conv_0')(h)))
+    h = cv(3, 'conv_5')(nn.silu(GroupNorm(8, name='conv_3')(h)))
     return x + h
 
 
@@ -152,15 +154,16 @@ class NoisyTargetViewEncoder(nn.Module):
   run_dim: int = 16
   output_dim: int = 16
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x, t, v):
     t, v = t[:, None, None, :], v[:, None, None, :]
-    x = conv(self.run_dim, 3, name='init_conv', dtype=self.dtype)(x)
+    x = conv(self.run_dim, 3, name='init_conv', dtype=self.dtype, lowering=self.lowering)(x)
     for i in range(3):
-      x = ResBlockWithTV(self.dtype, name=f'out_conv{i}')(x, t, v)
+      x = ResBlockWithTV(self.dtype, self.lowering, name=f'out_conv{i}')(x, t, v)
     x = nn.silu(GroupNorm(8, name='final_out_0')(x))
-    return conv(self.output_dim, 3, name='final_out_2', dtype=self.dtype)(x)
+    return conv(self.output_dim, 3, name='final_out_2', dtype=self.dtype, lowering=self.lowering)(x)
 
 
 class _Block3D(nn.Module):
@@ -169,30 +172,33 @@ class _Block3D(nn.Module):
   stride: int = 1
   up: bool = False
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x, t, v=None):
     d = x.shape[-1]
-    x = x + conv(d, 1, ndim=3, name='t_conv', dtype=self.dtype)(t)
+    x = x + conv(d, 1, ndim=3, name='t_conv', dtype=self.dtype, lowering=self.lowering)(t)
     if v is not None:
-      x = x + conv(d, 1, ndim=3, name='v_conv', dtype=self.dtype)(v)
+      x = x + conv(d, 1, ndim=3, name='v_conv', dtype=self.dtype, lowering=self.lowering)(v)
     # The original names the norm `bn` in the down blocks and `norm` in the up blocks.
     x = nn.silu(GroupNorm(8, name='norm' if self.up else 'bn')(x))
     if self.up:
-      return ConvTranspose3d(self.out_dim, dtype=self.dtype, name='conv')(x)
-    return conv(self.out_dim, 3, stride=self.stride, padding=1, ndim=3, name='conv', dtype=self.dtype)(x)
+      return ConvTranspose3d(self.out_dim, dtype=self.dtype, lowering=self.lowering, name='conv')(x)
+    return conv(self.out_dim, 3, stride=self.stride, padding=1, ndim=3, name='conv', dtype=self.dtype,
+                lowering=self.lowering)(x)
 
 
 class SpatialTime3DNet(nn.Module):
   dims: Tuple[int, ...]
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x, t):
     d0, d1, d2, d3 = self.dims
     t = t[:, None, None, None, :]
-    B = lambda out, stride, name: _Block3D(out, stride, dtype=self.dtype, name=name)
-    x = conv(d0, 3, ndim=3, name='init_conv', dtype=self.dtype)(x)
+    B = lambda out, stride, name: _Block3D(out, stride, dtype=self.dtype, lowering=self.lowering, name=name)
+    x = conv(d0, 3, ndim=3, name='init_conv', dtype=self.dtype, lowering=self.lowering)(x)
     conv0 = B(d0, 1, 'conv0')(x, t)
     x = B(d1, 2, 'conv1')(conv0, t)
     x = B(d1, 1, 'conv2_0')(x, t)
@@ -203,28 +209,29 @@ class SpatialTime3DNet(nn.Module):
     x = B(d3, 2, 'conv5')(conv4, t)
     x = B(d3, 1, 'conv6_0')(x, t)
     x = B(d3, 1, 'conv6_1')(x, t)
-    x = conv4 + _Block3D(d2, up=True, dtype=self.dtype, name='conv7')(x, t)
-    x = conv2 + _Block3D(d1, up=True, dtype=self.dtype, name='conv8')(x, t)
-    return conv0 + _Block3D(d0, up=True, dtype=self.dtype, name='conv9')(x, t)
+    x = conv4 + _Block3D(d2, up=True, dtype=self.dtype, lowering=self.lowering, name='conv7')(x, t)
+    x = conv2 + _Block3D(d1, up=True, dtype=self.dtype, lowering=self.lowering, name='conv8')(x, t)
+    return conv0 + _Block3D(d0, up=True, dtype=self.dtype, lowering=self.lowering, name='conv9')(x, t)
 
 
 class FrustumTV3DNet(nn.Module):
   """Returns the frustum features at 4 resolutions, finest first: [(B,D,r,r,d0), ..., (B,D/8,r/8,r/8,d3)]."""
   dims: Tuple[int, ...]
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   @nn.compact
   def __call__(self, x, t, v):
     d0, d1, d2, d3 = self.dims
     t, v = t[:, None, None, None, :], v[:, None, None, None, :]
-    B = lambda out, stride, name: _Block3D(out, stride, dtype=self.dtype, name=name)
-    x0 = conv(d0, 3, ndim=3, name='conv0', dtype=self.dtype)(x)
+    B = lambda out, stride, name: _Block3D(out, stride, dtype=self.dtype, lowering=self.lowering, name=name)
+    x0 = conv(d0, 3, ndim=3, name='conv0', dtype=self.dtype, lowering=self.lowering)(x)
     x1 = B(d1, 1, 'conv2')(B(d1, 2, 'conv1')(x0, t, v), t, v)
     x2 = B(d2, 1, 'conv4')(B(d2, 2, 'conv3')(x1, t, v), t, v)
     x3 = B(d3, 1, 'conv6')(B(d3, 2, 'conv5')(x2, t, v), t, v)
-    x2 = _Block3D(d2, up=True, dtype=self.dtype, name='up0')(x3, t, v) + x2
-    x1 = _Block3D(d1, up=True, dtype=self.dtype, name='up1')(x2, t, v) + x1
-    x0 = _Block3D(d0, up=True, dtype=self.dtype, name='up2')(x1, t, v) + x0
+    x2 = _Block3D(d2, up=True, dtype=self.dtype, lowering=self.lowering, name='up0')(x3, t, v) + x2
+    x1 = _Block3D(d1, up=True, dtype=self.dtype, lowering=self.lowering, name='up1')(x2, t, v) + x1
+    x0 = _Block3D(d0, up=True, dtype=self.dtype, lowering=self.lowering, name='up2')(x1, t, v) + x0
     return (x0, x1, x2, x3)
 
 
@@ -233,12 +240,14 @@ class SpatialVolumeNet(nn.Module):
   config: VolumeConfig
   view_num: int = 16
   dtype: Dtype = jnp.float32
+  lowering: Lowering = TUNED
 
   def setup(self):
     c = self.config
-    self.target_encoder = NoisyTargetViewEncoder(c.target_encoder_run_dim, c.target_encoder_output_dim, self.dtype)
-    self.spatial_volume_feats = SpatialTime3DNet(tuple(c.spatial_net_dims), self.dtype)
-    self.frustum_volume_feats = FrustumTV3DNet(tuple(c.frustum_net_dims), self.dtype)
+    lw = self.lowering
+    self.target_encoder = NoisyTargetViewEncoder(c.target_encoder_run_dim, c.target_encoder_output_dim, self.dtype, lw)
+    self.spatial_volume_feats = SpatialTime3DNet(tuple(c.spatial_net_dims), self.dtype, lw)
+    self.frustum_volume_feats = FrustumTV3DNet(tuple(c.frustum_net_dims), self.dtype, lw)
 
   def __call__(self, x, t_embed, v_embed, poses, Ks):
     vol = self.spatial_volume(x, t_embed, v_embed, poses, Ks)

@@ -2,7 +2,7 @@
 
   hv_jax.neus.fields   SDF / colour / variance networks (param dicts + pure functions), geometric init, NeuSConfig
   hv_jax.neus.render   near/far, hierarchical depth sampling, NeuS alpha compositing, losses
-  hv_jax.neus.convert  PyTorch NeuSRenderer state_dict <-> param tree
+  (convert/neus.py in the checkout: PyTorch NeuSRenderer state_dict <-> param tree)
 
 (The submodules are not shadowed: `from hv_jax.neus import render` gives the module.)
 """

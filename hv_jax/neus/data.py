@@ -27,9 +27,9 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
+from hv_jax.data.views import NUM_VIEWS, VIEW_FILES, join_strip, split_strip
 from hv_jax.models.cameras import default_cameras
 
-NUM_VIEWS = 16
 IMAGE_SIZE = 256
 
 
@@ -69,7 +69,7 @@ def load_views(path, image_size: int = IMAGE_SIZE) -> Views:
   """Reads a strip or a folder of 16 views; ViewsError on wrong sizes, missing views or an empty mask."""
   path = Path(path)
   if path.is_dir():
-    files = [path / f'{i:03d}.png' for i in range(NUM_VIEWS)]
+    files = [path / name for name in VIEW_FILES]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
       raise ViewsError(f'{path}: missing view(s) {", ".join(missing)} (a folder needs 000.png ... 015.png)')
@@ -92,9 +92,9 @@ def load_views(path, image_size: int = IMAGE_SIZE) -> Views:
       raise ViewsError(f'{path}: expected a {want[0]}x{want[1]} strip (16 views of {image_size}x{image_size} '
                        f'left to right), got {img.size[0]}x{img.size[1]}')
     rgb, alpha = _split(img, str(path))
-    rgb = rgb.reshape(image_size, NUM_VIEWS, image_size, 3).transpose(1, 0, 2, 3)
+    rgb = split_strip(rgb)
     if alpha is not None:
-      alpha = alpha.reshape(image_size, NUM_VIEWS, image_size).transpose(1, 0, 2)
+      alpha = split_strip(alpha[..., None])[..., 0]
   else:
     raise ViewsError(f'{path}: no such file or folder (give a 256x4096 strip or a folder of 16 views)')
 
@@ -163,5 +163,5 @@ def batch_indices(step: int, seed: int, total: int, num: int, fg_index: np.ndarr
 def write_strip(views: Views, path) -> None:
   """RGBA 256x4096 strip (rgb, mask as alpha): handy for tests and for checking what was loaded."""
   rgba = np.concatenate([views.rgb, views.mask[..., None]], -1)
-  strip = np.concatenate(list(rgba), 1)
+  strip = join_strip(rgba)
   Image.fromarray(np.round(strip * 255).astype(np.uint8), 'RGBA').save(os.fspath(path))

@@ -3,7 +3,7 @@
 Plain param dicts and pure functions, features on the last axis, every function jit-able and
 differentiable (the eikonal term differentiates the SDF gradient, i.e. second order).
 
-Param tree (`init_params` / `convert.convert_state_dict` build the same one):
+Param tree (`init_params` / convert/neus.py's `convert_state_dict` build the same one):
 
   {'sdf':   {'lin0': {'g': [out], 'v': [in, out], 'bias': [out]}, ..., 'lin8': ...},
    'color': {'lin0': ..., ..., 'lin4': ...},
@@ -31,6 +31,8 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hv_jax import settings
 
 Params = Dict[str, Any]
 PRECISION = jax.lax.Precision.HIGHEST
@@ -148,19 +150,22 @@ class NeuSConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> 'NeuSConfig':
-    """Reads the parity `config.json` "neus" block (keys that are not fields, e.g. the fixture's
-    n_points / n_rays / upsample_n_importance, are ignored)."""
-    def pick(klass, src):
-      names = {f.name for f in dataclasses.fields(klass)}
-      kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in src.items() if k in names}
-      return kw
-    kw = pick(cls, {k: v for k, v in d.items() if k not in ('sdf', 'color')})
-    if 'sdf' in d:
-      klass = GridSDFConfig if d['sdf'].get('kind') == 'grid' else SDFConfig
-      kw['sdf'] = klass(**pick(klass, d['sdf']))
-    if 'color' in d:
-      kw['color'] = ColorConfig(**pick(ColorConfig, d['color']))
-    return cls(**kw)
+    """Reads `to_dict` output, a config's `neus` block or the parity `config.json` "neus" block, strictly
+    (`hv_jax.settings.from_dict`: a key that is no field raises SettingsError naming it). `sdf.kind` picks
+    the field: 'mlp' (SDFConfig, also when absent) or 'grid' (GridSDFConfig)."""
+    d = dict(d)
+    sdf = d.pop('sdf', None)
+    config = settings.from_dict(cls, d)
+    if sdf is None:
+      return config
+    if not isinstance(sdf, dict):
+      raise settings.SettingsError(f"NeuSConfig: 'sdf' must be a dict of SDF fields, got {sdf!r}")
+    sdf = dict(sdf)
+    kind = sdf.pop('kind', 'mlp')
+    kinds = {'mlp': SDFConfig, 'grid': GridSDFConfig}
+    if kind not in kinds:
+      raise settings.SettingsError(f"NeuSConfig: sdf.kind={kind!r}: use 'mlp' or 'grid'")
+    return dataclasses.replace(config, sdf=settings.from_dict(kinds[kind], sdf, path='sdf', root='NeuSConfig'))
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)

@@ -15,7 +15,9 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import mcubes
 import numpy as np
+from tqdm import tqdm
 
 from hv_jax import atomic
 from hv_jax.neus import fields
@@ -40,7 +42,6 @@ def sdf_grid(params: Params, cfg: NeuSConfig, resolution: int = 512, bound: floa
   slab = max(1, min(slab, resolution))
   starts = range(0, resolution, slab)
   if progress:
-    from tqdm import tqdm
     starts = tqdm(starts, desc='sdf grid', unit='slab', leave=False)
   for s in starts:
     xs = axis[s:s + slab]
@@ -108,7 +109,6 @@ def mirror_top_floor(u: np.ndarray, bound: float) -> Tuple[np.ndarray, float]:
 
 def marching_cubes(u: np.ndarray, bound: float) -> Tuple[np.ndarray, np.ndarray]:
   """mcubes at level 0; vertices [V, 3] float64 in world units, faces [F, 3] int64."""
-  import mcubes
   vertices, faces = mcubes.marching_cubes(u, 0.0)
   return vertices / (u.shape[0] - 1.0) * (2 * bound) - bound, np.asarray(faces, np.int64)
 

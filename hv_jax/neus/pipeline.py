@@ -30,7 +30,9 @@ from typing import Any, Dict, List, Tuple
 import jax
 
 from hv_jax import atomic, checks, digest
+from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
+from hv_jax.metrics import geometry
 from hv_jax.neus import data as neus_data
 from hv_jax.neus import fields
 from hv_jax.neus import mesh as neus_mesh
@@ -128,9 +130,7 @@ def configs_from(config) -> Tuple[NeuSConfig, train.TrainConfig, train.LoopConfi
 
 def _prepare_output(out: Path) -> List[Path]:
   """Creates `out` and tests it for writing; returns the folders this created (outermost first)."""
-  problem = atomic.writable_problem(out)
-  if problem:
-    raise UserError(f'output folder {out} is not writable ({problem})')
+  atomic.require_writable(out)
   return atomic.make_dirs(out)
 
 
@@ -151,7 +151,7 @@ def input_hashes(path) -> Dict[str, str]:
   """sha256 of the input strip ({'strip': ...}) or of each of the 16 views of a folder ({'000.png': ...})."""
   path = Path(path)
   if path.is_dir():
-    return {f'{i:03d}.png': digest.file_sha256(path / f'{i:03d}.png') for i in range(neus_data.NUM_VIEWS)}
+    return {name: digest.file_sha256(path / name) for name in VIEW_FILES}
   return {'strip': digest.file_sha256(path)}
 
 
@@ -206,7 +206,6 @@ def run(config) -> Dict[str, Any]:
   if gt_rotation is not None and not gt_mesh:
     raise UserError('--config.gt_rotation is the GT mesh rotation: it needs --config.gt_mesh')
   if gt_mesh:
-    from hv_jax.metrics import geometry
     if not os.path.isfile(gt_mesh):
       raise UserError(f'gt_mesh {gt_mesh}: no such file')
     gt_name = str(config.gt_name or default_gt_name(config.input))
@@ -313,7 +312,6 @@ def _mesh_and_metrics(config, cfg, tc, views, params, history, out: Path, gt_mes
                       'resolution': int(config.mesh_resolution), 'floor': floor},
              'config': _plain(config.to_dict() if hasattr(config, 'to_dict') else config)}
   if gt_mesh:
-    from hv_jax.metrics import geometry
     t2 = time.time()
     try:
       metrics['geometry'] = geometry.evaluate(mesh_path, gt_mesh, gt_name, rotation=rotation)

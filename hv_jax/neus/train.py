@@ -33,8 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
 
 from hv_jax import atomic, checks
+from hv_jax.neus import data as neus_data
 from hv_jax.neus import fields, render
 from hv_jax.neus.fields import NeuSConfig, Params
 
@@ -238,7 +241,6 @@ def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopC
   state = None
   start = 0
   if checkpoint_dir:
-    import orbax.checkpoint as ocp
     ident = checkpoint_identity(cfg, tc, lc, data_identity)
     manager = ocp.CheckpointManager(
         os.path.abspath(checkpoint_dir),
@@ -265,10 +267,6 @@ def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopC
 
 
 def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
-  from hv_jax.neus import data as neus_data
-  if manager is not None:
-    import orbax.checkpoint as ocp
-
   table = {k: jnp.asarray(data[k]) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
   total = table['rays_o'].shape[0]
   fg_index = data['fg_index']
@@ -276,7 +274,6 @@ def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
   steps = range(start, tc.total_steps)
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=tc.total_steps, initial=start, desc='neus', unit='step', dynamic_ncols=True)
   t0 = time.time()
   for step in steps:

@@ -14,19 +14,20 @@ file is written, so a failed run leaves no empty folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import pathlib
 import sys
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from PIL import Image
+from tqdm import tqdm
 
 from hv_jax import atomic
 from hv_jax import checkpoint as ckpt_lib
@@ -34,29 +35,19 @@ from hv_jax import checks
 from hv_jax import digest
 from hv_jax import parallel
 from hv_jax.data import preprocess
+from hv_jax.data import views as views_lib
+from hv_jax.data.views import NUM_VIEWS, join_strip, to_uint8
 from hv_jax.errors import UserError
 from hv_jax.models.config import ModelConfig
-from hv_jax.sampling import schedule
-from hv_jax.sampling.sampler import Sampler, SamplerConfig, input_id_of, instance_keys
+from hv_jax.models.init import random_params
+from hv_jax.sampling import modes, schedule
+from hv_jax.sampling.sampler import Sampler, SamplerConfig, batch_arrays, input_id_of
 
 WEIGHTS_HELP = ('The original weights are published by the SyncDreamer authors (syncdreamer-pretrain.ckpt, '
                 'linked from the SyncDreamer / HarmonyView READMEs; the CLIP tower is OpenAI ViT-L-14.pt). '
                 'Convert once with: python -m convert.syncdreamer --ckpt syncdreamer-pretrain.ckpt '
                 '[--clip ViT-L-14.pt] --out checkpoints/syncdreamer, then pass '
                 '--config.checkpoint=checkpoints/syncdreamer (a .ckpt path is converted on first use).')
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-def to_uint8(views) -> np.ndarray:
-  """[..., H, W, 3] in [-1, 1] -> uint8 exactly as the original saves: ((clip(x) + 1) * 0.5 * 255).astype(uint8)."""
-  x = (np.clip(np.asarray(views, np.float32), -1., 1.) + 1) * 0.5
-  return (x * 255).astype(np.uint8)
-
-
-def strip(views_u8: np.ndarray) -> np.ndarray:
-  """[N, H, W, 3] -> [H, N*W, 3] (views left to right)."""
-  return np.concatenate(list(views_u8), axis=1)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -71,11 +62,8 @@ def sampler_config(config) -> SamplerConfig:
 
 
 def scales_of(config) -> List[float]:
-  if config.guidance == 'harmonyview':
-    return [float(config.s1), float(config.s2)]
-  if config.guidance == 'cfg':
-    return [float(config.cfg_scale)]
-  return [0.0]
+  """The scales of the config's guidance mode: [s1, s2] (Eq. 9), [cfg_scale] (Eq. 5), [0.0] for none."""
+  return list(modes.mode(config.guidance).scales_of(config))
 
 
 def validate(config) -> None:
@@ -89,12 +77,15 @@ def validate(config) -> None:
 
 def validate_sampling(config) -> None:
   """The sampler's settings (shared with the study runner): finite, in range, a schedule of exactly n steps."""
-  if config.guidance not in ('none', 'cfg', 'harmonyview'):
-    raise UserError(f"unknown guidance mode {config.guidance!r}: use 'harmonyview' (Eq. 9), 'cfg' (Eq. 5) or 'none'")
+  try:
+    modes.mode(config.guidance)
+  except ValueError as e:
+    raise UserError(str(e)) from e
   checks.number(config, 'sample_num', lo=1, integer=True)
   checks.number(config, 'seed', lo=0, hi=2 ** 32 - 1, integer=True)
   checks.number(config, 'sample_steps', lo=1, integer=True)
-  for field in ('s1', 's2', 'cfg_scale', 'uc2_concat_scale'):    # any finite value: sweeps may go negative
+  scale_fields = [f for m in modes.MODES.values() for f in m.config_fields]
+  for field in scale_fields + ['uc2_concat_scale']:    # any finite value: sweeps may go negative
     checks.number(config, field)
   checks.number(config, 'eta', lo=0, hint='DDIM eta: 0 deterministic, 1 the original')
   # elevation: preprocess.check_elevation (finite, in the trained range) in load_inputs, before any work
@@ -104,7 +95,7 @@ def validate_sampling(config) -> None:
   checks.number(config, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
   checks.number(config, 'decode_chunk', lo=1, hi=16, integer=True)
   checks.number(config, 'per_device_batch', lo=1, integer=True)
-  if 16 % int(config.decode_chunk):
+  if NUM_VIEWS % int(config.decode_chunk):
     raise UserError(f'--config.decode_chunk={config.decode_chunk}: must divide the 16 views (1, 2, 4, 8 or 16)')
   try:
     sampler_config(config)
@@ -121,17 +112,15 @@ def check_view_chunk(config, rows: int) -> None:
                     f'use one of {ok}, or 0 for all at once')
 
 
-def check_writable(output_dir: str) -> pathlib.Path:
-  """Tests that `output_dir` can be created and written, without creating it (nothing is left on failure)."""
-  problem = atomic.writable_problem(output_dir)
-  if problem:
-    raise UserError(f'output folder {output_dir} is not writable: {problem}')
-  return pathlib.Path(output_dir)
-
-
 # ----------------------------------------------------------------------------- weights
 
 RANDOM_PROVENANCE = 'random-init (demo, not trained weights)'
+
+# convert_ckpt(ckpt, out, model_config or None) writes the orbax conversion of the original .ckpt at `out`,
+# or raises UserError (its first line is shown). The command hands one in (hv_jax.sample:
+# convert.syncdreamer.convert_for_sampler, from the checkout); the library never imports convert/. Without
+# one, a .ckpt whose conversion is not cached yet is refused with how to convert it.
+CkptConverter = Callable[[str, str, Optional[ModelConfig]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +131,9 @@ class Weights:
   provenance: str                  # sha256 of the original .ckpt (and of the CLIP file, if one was given)
 
 
-def resolve_weights(config) -> Weights:
-  """`checkpoint` is an orbax dir, a .ckpt (converted on first use) or 'random'; reads no params."""
+def resolve_weights(config, convert_ckpt: Optional[CkptConverter] = None) -> Weights:
+  """`checkpoint` is an orbax dir, a .ckpt (converted on first use by `convert_ckpt`) or 'random'; reads no
+  params."""
   wanted = model_config_from(config)
   source = str(config.checkpoint or '')
   if source == 'random':
@@ -156,12 +146,12 @@ def resolve_weights(config) -> Weights:
   if not path.exists():
     raise UserError(f'checkpoint not found: {path}. ' + WEIGHTS_HELP)
   if path.is_file():
-    path = convert_cached(path, wanted, config.checkpoint_cache or None)
+    path = convert_cached(path, wanted, config.checkpoint_cache or None, convert_ckpt)
   try:
     stored = ckpt_lib.load_config(str(path))
   except ckpt_lib.CheckpointError as e:
     raise UserError(str(e)) from e
-  if wanted is not None and wanted != stored:
+  if wanted is not None and wanted.architecture() != stored.architecture():
     raise UserError(f'the model config does not match the checkpoint in {path.resolve()}: --config.model gives '
                     'other dimensions than its model_config.json')
   meta = {}
@@ -173,13 +163,12 @@ def resolve_weights(config) -> Weights:
   provenance = src.get('ckpt_sha256') or f'orbax:{path.resolve()} (no conversion record)'
   if src.get('clip_sha256'):
     provenance += f"+clip:{src['clip_sha256']}"
-  return Weights(path, stored, provenance)
+  return Weights(path, stored if wanted is None else wanted, provenance)
 
 
 def load_params(weights: Weights, seed: int):
   """The params of resolved weights (random ones from `seed`)."""
   if weights.source is None:
-    from hv_jax.models.init import random_params
     logging.warning('RANDOM WEIGHTS: the model is randomly initialised (demo); outputs are not HarmonyView results.')
     return random_params(weights.model_config, int(seed))
   try:
@@ -189,28 +178,32 @@ def load_params(weights: Weights, seed: int):
   return params
 
 
-def load_weights(config) -> Tuple[dict, ModelConfig, str]:
+def load_weights(config, convert_ckpt: Optional[CkptConverter] = None) -> Tuple[dict, ModelConfig, str]:
   """Returns (params, model config, provenance string)."""
-  weights = resolve_weights(config)
+  weights = resolve_weights(config, convert_ckpt)
   return load_params(weights, int(config.seed)), weights.model_config, weights.provenance
 
 
-def convert_cached(ckpt: pathlib.Path, config: Optional[ModelConfig], cache: Optional[str]) -> pathlib.Path:
+def convert_cached(ckpt: pathlib.Path, config: Optional[ModelConfig], cache: Optional[str],
+                   convert_ckpt: Optional[CkptConverter] = None) -> pathlib.Path:
   """A .ckpt is converted once into `cache` (default: <ckpt>.hv_jax beside it) and reused.
 
-  The conversion runs in a child process (convert.syncdreamer.run_in_child): the torch state dict and the
-  converted numpy arrays live and die there, so converting on first use does not raise the sampler's peak
-  memory. Its errors come back as one line phrased for the sampler; nothing is left at `cache` (nor any
-  folder created for it) when it fails.
+  `convert_ckpt` converts (`CkptConverter`; the sampler's, convert.syncdreamer.convert_for_sampler, runs in a
+  child process: the torch state dict and the converted numpy arrays live and die there, so converting on
+  first use does not raise the sampler's peak memory). Its errors come back as one line phrased for the
+  sampler; nothing is left at `cache` (nor any folder created for it) when it fails.
   """
   out = pathlib.Path(cache) if cache else ckpt.with_name(ckpt.name + '.hv_jax')
   if out.exists():
     return checked_cache(out, ckpt)
-  from convert import syncdreamer
+  if convert_ckpt is None:
+    raise UserError(f'{ckpt} is a PyTorch checkpoint and no conversion of it is cached at {out}: convert it once '
+                    f'with python -m convert.syncdreamer --ckpt {ckpt} --out {out} (from the repository checkout), '
+                    'or run python -m hv_jax.sample there, which converts it on first use')
   logging.info('converting %s -> %s (first use, in a child process)', ckpt, out)
   try:
-    syncdreamer.run_in_child(str(ckpt), str(out), model_config=config, caller='sampler')
-  except syncdreamer.ConversionError as e:
+    convert_ckpt(str(ckpt), str(out), config)
+  except UserError as e:
     if (out / 'model_config.json').is_file():
       return checked_cache(out, ckpt)     # another process converted it meanwhile
     raise UserError(str(e).splitlines()[0]) from e
@@ -243,25 +236,16 @@ def model_config_from(config) -> Optional[ModelConfig]:
   if spec == 'full':
     return ModelConfig.full()
   if spec == 'tiny':
-    return tiny_model_config()
+    return ModelConfig.tiny()
   try:
     with open(spec) as f:
       d = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f'cannot read model config {spec}: {e}') from e
-  return ModelConfig.from_dict(d.get('tiny', d))
-
-
-def tiny_model_config() -> ModelConfig:
-  """The demo model: SyncDreamer's architecture at the parity fixtures' tiny dimensions (64 px images)."""
-  from hv_jax.models.config import CLIPConfig, UNetConfig, VAEConfig, VolumeConfig
-  return ModelConfig(
-      image_size=64,
-      unet=UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_heads=4, volume_dims=(8, 16, 24, 32)),
-      volume=VolumeConfig(input_image_size=64, frustum_volume_depth=16, spatial_volume_size=8,
-                          spatial_net_dims=(8, 16, 24, 32), frustum_net_dims=(8, 16, 24, 32), frustum_net_in_dim=8),
-      vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1),
-      clip=CLIPConfig(vision_layers=2, vision_width=128, vision_patch_size=32))
+  try:
+    return ModelConfig.from_dict(d.get('tiny', d) if isinstance(d, dict) else d)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'model config {spec}: {e}') from None
 
 
 # ----------------------------------------------------------------------------- the job
@@ -306,13 +290,13 @@ def settings_of(config, job: Job, weights: Weights, sconf: SamplerConfig, scales
   """Everything an input's strips depend on; a rerun into the same folder must give the same, key by key."""
   settings = {
       'input_sha256': job.sha256, 'input_id': job.input_id, 'checkpoint': weights.provenance,
-      'model_config': weights.model_config.to_dict(), 'guidance': sconf.guidance, 'scales': list(scales),
+      'model_config': weights.model_config.architecture().to_dict(), 'guidance': sconf.guidance, 'scales': list(scales),
       'sample_steps': sconf.steps,     # the timesteps, not the spacing's name: equal schedules are the same
       'timesteps': [int(t) for t in schedule.ddim_timesteps(sconf.steps, sconf.ddim_spacing)],
       'eta': float(config.eta), 'seed': int(config.seed), 'latent': sconf.latent, 'dtype': sconf.dtype,
       'elevation_deg': float(config.elevation), 'crop_size': int(config.crop_size),
       'image_size': weights.model_config.image_size}
-  if sconf.guidance == 'harmonyview':
+  if modes.mode(sconf.guidance).uses_uc2_concat_scale:
     settings['uc2_concat_scale'] = sconf.uc2_concat_scale
   return json.loads(json.dumps(settings, allow_nan=False))    # as manifest.json stores it (tuples -> lists)
 
@@ -337,13 +321,7 @@ def strip_problem(path: pathlib.Path, size: int, sha256: Optional[str]) -> str:
     return 'missing'
   if sha256:
     return '' if digest.file_sha256(path) == sha256 else 'changed since it was written (sha256 differs from the manifest)'
-  try:
-    with Image.open(path) as img:
-      img.load()
-      got = img.size
-  except Exception as e:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ... for truncated files)
-    return f'unreadable ({type(e).__name__}: {e}; truncated?)'
-  return '' if got == (16 * size, size) else f'{got[0]}x{got[1]} instead of {16 * size}x{size}'
+  return views_lib.strip_problem(path, size)
 
 
 def instances_to_sample(folder: pathlib.Path, settings: dict, sample_num: int) -> List[int]:
@@ -391,17 +369,19 @@ def manifest_of(config, job: Job, settings: dict, weights: Weights, sconf: Sampl
 
 # ----------------------------------------------------------------------------- the run
 
-def run(config) -> Dict[str, dict]:
-  """Runs the sampling job; returns {input name: manifest} of the inputs whose instances are all on disk."""
+def run(config, convert_ckpt: Optional[CkptConverter] = None) -> Dict[str, dict]:
+  """Runs the sampling job; returns {input name: manifest} of the inputs whose instances are all on disk.
+
+  `convert_ckpt`: how a .ckpt given as the checkpoint is converted on first use (`CkptConverter`)."""
   validate(config)
   parallel.initialize_distributed(bool(config.distributed))
   jobs = load_inputs(config)
-  out = check_writable(config.output_dir)
+  out = atomic.require_writable(config.output_dir)   # created only when the first file is written
   mesh = parallel.make_mesh()
   ndev = mesh.devices.size
   batch = int(config.per_device_batch) * ndev
-  check_view_chunk(config, batch * 16)
-  weights = resolve_weights(config)
+  check_view_chunk(config, batch * NUM_VIEWS)
+  weights = resolve_weights(config, convert_ckpt)
   sconf = sampler_config(config)
   scales = scales_of(config)
   settings = {j.name: settings_of(config, j, weights, sconf, scales) for j in jobs}
@@ -421,40 +401,67 @@ def run(config) -> Dict[str, dict]:
 def sample_units(config, units, params, weights, sconf, scales, settings, mesh, batch, out, timings) -> set:
   """Samples (job, instance) units in batches and writes their strips; returns the names of the inputs touched."""
   fn = compiled_sampler(weights.model_config, sconf, tuple(mesh.devices.flat), bool(config.progress))
-  from tqdm import tqdm
-  bar = tqdm(total=len(units), desc='instances', unit='inst', disable=not config.progress, file=sys.stderr)
-  _STEPS['bar'] = tqdm(total=sconf.steps, desc='DDIM steps', unit='step', position=1, leave=False,
-                       disable=not config.progress, file=sys.stderr)
+  seed, eta = int(config.seed), jnp.float32(config.eta)
+  arrays_of = lambda chunk: batch_arrays(seed, [(j.image, j.elevation, j.input_id, k, scales) for j, k in chunk])
   pending = set()    # inputs whose manifest this run has (re)written before their first new strip
-  for start in range(0, len(units), batch):
-    chunk = units[start:start + batch]
-    keys = instance_keys(int(config.seed), [j.input_id for j, _ in chunk], [k for _, k in chunk])
-    arrays = [np.stack([j.image for j, _ in chunk]), np.asarray([j.elevation for j, _ in chunk], np.float32),
-              np.asarray(keys), np.tile(np.asarray(scales, np.float32)[None], (len(chunk), 1))]
-    arrays, n_real = parallel.pad_batch(arrays, batch)   # always one shape: no recompile on the last batch
-    arrays = parallel.shard_batch(arrays, mesh)
-    t0 = time.time()
-    views = fn(params, *arrays, jnp.float32(config.eta))
-    views = np.asarray(jax.device_get(views))[:n_real]
-    dt = time.time() - t0
-    if timings['compile_and_first_batch_s'] is None:
-      timings['compile_and_first_batch_s'] = dt
-    else:
-      timings['batches_s'].append(dt)
-    _STEPS['bar'].reset()
-    for (job, k), v in zip(chunk, views):
-      if job.name not in pending:   # the manifest (settings, complete=False) goes before the folder's new strips
-        atomic.write_json(out / job.name / MANIFEST,
-                          manifest_of(config, job, settings[job.name], weights, sconf, complete=False))
-        pending.add(job.name)
-      atomic.write_png(out / job.name / f'{k}.png', strip(to_uint8(v)))
-    bar.update(len(chunk))
-  _STEPS['bar'].close()
-  bar.close()
+  with progress_bars(fn, len(units), sconf.steps, bool(config.progress)) as (bar, step_bar):
+    for chunk, views, dt in parallel.run_batches(lambda *a: fn(params, *a, eta), units, batch, arrays_of, mesh):
+      if timings['compile_and_first_batch_s'] is None:   # always one shape: no recompile on the last batch
+        timings['compile_and_first_batch_s'] = dt
+      else:
+        timings['batches_s'].append(dt)
+      step_bar.reset()
+      for (job, k), v in zip(chunk, views):
+        if job.name not in pending:   # the manifest (settings, complete=False) goes before the folder's new strips
+          atomic.write_json(out / job.name / MANIFEST,
+                            manifest_of(config, job, settings[job.name], weights, sconf, complete=False))
+          pending.add(job.name)
+        atomic.write_png(out / job.name / f'{k}.png', join_strip(to_uint8(v)))
+      bar.update(len(chunk))
   return pending
 
 
-_STEPS = {'bar': None}
+@contextlib.contextmanager
+def progress_bars(fn, instances: int, steps: int, show: bool):
+  """This run's bars (instances; DDIM steps, moved by fn's step callback if it was compiled with one), closed
+  when the run ends, however it ends."""
+  bar = tqdm(total=instances, desc='instances', unit='inst', disable=not show, file=sys.stderr)
+  step_bar = tqdm(total=steps, desc='DDIM steps', unit='step', position=1, leave=False, disable=not show,
+                  file=sys.stderr)
+  reporter = getattr(fn, 'step_progress', None)     # None: compiled without the callback (progress=False)
+  try:
+    with reporter.showing(step_bar) if reporter is not None else contextlib.nullcontext():
+      yield bar, step_bar
+  finally:
+    step_bar.close()
+    bar.close()
+
+
+class StepProgress:
+  """Where a compiled sampler's host callback reports each DDIM step: the step bar of the run sampling with it.
+
+  The callback is part of the compiled program, so it cannot take a run's bar as an argument without a
+  recompilation per run; instead each compiled sampler (progress=True) owns one StepProgress
+  (`fn.step_progress`), and a run shows its own bar through it for the time it samples (`showing`). Between
+  runs it holds no bar: steps then go nowhere.
+  """
+
+  def __init__(self):
+    self._bar = None
+
+  @contextlib.contextmanager
+  def showing(self, bar):
+    previous, self._bar = self._bar, bar
+    try:
+      yield bar
+    finally:
+      self._bar = previous
+
+  def __call__(self, step) -> None:
+    """Host callback once per DDIM step (fires once per device shard; the bar only moves forward)."""
+    bar = self._bar
+    if bar is not None and int(step) + 1 > bar.n:
+      bar.update(int(step) + 1 - bar.n)
 
 
 @functools.lru_cache(maxsize=8)
@@ -464,22 +471,18 @@ def compiled_sampler(model_config: ModelConfig, sconf: SamplerConfig, devices: T
 
   Only shapes and SamplerConfig are static; images, elevations, keys, scales and eta are traced, so new
   inputs, seeds and scales never recompile. Batch arrays are sharded over the 'data' axis. progress=True
-  moves the DDIM-step bar through a host callback; without it the executable has no callback and can be
-  kept in JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR), which skips callback programs.
+  moves the DDIM-step bar of the run that is sampling (`fn.step_progress`, a StepProgress) through a host
+  callback; without it the executable has no callback and can be kept in JAX's persistent compilation cache
+  (JAX_COMPILATION_CACHE_DIR), which skips callback programs.
   """
   mesh = parallel.make_mesh(devices)
   data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
   sampler = Sampler(model_config, sconf)
-  callback = _step_progress if progress else None
-  return jax.jit(lambda p, img, el, keys, sc, eta: sampler.sample(p, img, el, keys, sc, eta, progress=callback),
-                 in_shardings=(rep, data, data, data, data, None), out_shardings=data)
-
-
-def _step_progress(step):
-  """Host callback once per DDIM step (fires once per device shard; the bar only moves forward)."""
-  bar = _STEPS['bar']
-  if bar is not None and int(step) + 1 > bar.n:
-    bar.update(int(step) + 1 - bar.n)
+  callback = StepProgress() if progress else None
+  fn = jax.jit(lambda p, img, el, keys, sc, eta: sampler.sample(p, img, el, keys, sc, eta, progress=callback),
+               in_shardings=(rep, data, data, data, data, None), out_shardings=data)
+  fn.step_progress = callback
+  return fn
 
 
 def write_summaries(config, out, jobs, settings, weights, sconf, timings, sampled):

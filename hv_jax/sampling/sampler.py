@@ -19,10 +19,11 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hv_jax.models.config import ModelConfig
 from hv_jax.models.syncdreamer import SyncDreamer
-from hv_jax.sampling import guidance, schedule
+from hv_jax.sampling import guidance, modes, schedule
 from hv_jax.sampling.ddim import DDIMTables, ddim_update
 
 _POSTERIOR, _X_T, _STEPS = 0, 1, 2
@@ -34,7 +35,7 @@ class SamplerConfig:
   NOT here: they are traced arrays, so sweeping them never recompiles."""
   steps: int = 50
   ddim_spacing: str = 'uniform'        # 'uniform' (the original's; step counts dividing 1000) | 'uniform_exact'
-  guidance: str = 'harmonyview'        # 'none' | 'cfg' | 'harmonyview'
+  guidance: str = 'harmonyview'        # a mode of modes.MODES: 'none' | 'cfg' | 'harmonyview'
   uc2_concat_scale: float = 4.0        # original quirk: uc2 sees 4 * x_input (guidance.py); 1.0 = unscaled
   latent: str = 'sample'               # input latent: 'sample' (posterior draw, the original) or 'mode'
   dtype: str = 'float32'               # UNet / volume compute dtype: 'float32' | 'bfloat16' (params stay float32)
@@ -43,8 +44,7 @@ class SamplerConfig:
   decode_chunk: int = 1                # views decoded per VAE call (sequential lax.map over views)
 
   def __post_init__(self):
-    if self.guidance not in guidance.MODES:
-      raise ValueError(f'unknown guidance mode {self.guidance!r}; expected one of {guidance.MODES}')
+    modes.mode(self.guidance)                                   # ValueError (one line) for an unknown mode
     if self.latent not in ('sample', 'mode'):
       raise ValueError(f"latent must be 'sample' or 'mode', got {self.latent!r}")
     if self.dtype not in ('float32', 'bfloat16'):
@@ -57,7 +57,7 @@ class SamplerConfig:
 
   @property
   def num_scales(self) -> int:
-    return {'none': 1, 'cfg': 1, 'harmonyview': 2}[self.guidance]
+    return modes.mode(self.guidance).num_scales
 
 
 def input_id_of(name: str) -> int:
@@ -71,6 +71,15 @@ def instance_keys(seed: int, input_ids, instance_ids):
   base = jax.random.PRNGKey(seed)
   return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(
       jnp.asarray(input_ids, jnp.uint32), jnp.asarray(instance_ids, jnp.uint32))
+
+
+def batch_arrays(seed: int, rows) -> list:
+  """The host arrays of one batch, in the order `Sampler.sample` takes them, from rows
+  (image [S, S, 3] in [-1, 1], elevation in radians, input_id, instance_id, scales):
+  [images [B, S, S, 3], elevations [B] float32, keys [B] (`instance_keys`), scales [B, num_scales] float32]."""
+  images, elevations, input_ids, instance_ids, scales = zip(*rows)
+  keys = instance_keys(seed, input_ids, instance_ids)
+  return [np.stack(images), np.asarray(elevations, np.float32), np.asarray(keys), np.asarray(scales, np.float32)]
 
 
 @jax.tree_util.register_dataclass

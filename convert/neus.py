@@ -1,5 +1,7 @@
 """NeuSRenderer state_dict (PyTorch) <-> NeuS param tree (hv_jax.neus.fields).
 
+  params = convert.neus.load('ckpt/last.ckpt')                  # a RendererTrainer checkpoint (train_renderer.py)
+
 Explicit key mapping, every key accounted for:
 
   {prefix}sdf_network.lin{l}.weight_g  [out, 1]   -> ['sdf'][f'lin{l}']['g']      [out]
@@ -10,7 +12,7 @@ Explicit key mapping, every key accounted for:
   {prefix}deviation_network.variance   []         -> ['variance']                 []
 
 `prefix` is 'renderer.' for RendererTrainer checkpoints (train_renderer.py) and '' for a bare
-NeuSRenderer.state_dict(). Unknown, missing and mis-shaped keys raise `NeuSConversionError` naming them.
+NeuSRenderer.state_dict(). Unknown, missing and mis-shaped keys raise `ConversionError` naming them.
 """
 from __future__ import annotations
 
@@ -18,13 +20,10 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from convert.torch_io import ConversionError, load_state_dict, to_numpy
 from hv_jax.neus.fields import NeuSConfig, Params
 
 Layout = str  # 'g' | 'T' | 'id'
-
-
-class NeuSConversionError(ValueError):
-  pass
 
 
 def key_map(cfg: NeuSConfig, prefix: str = 'renderer.') -> Dict[str, Tuple[Tuple[str, ...], Layout, tuple]]:
@@ -43,12 +42,6 @@ def key_map(cfg: NeuSConfig, prefix: str = 'renderer.') -> Dict[str, Tuple[Tuple
   return m
 
 
-def _to_numpy(t) -> np.ndarray:
-  if hasattr(t, 'detach'):  # torch.Tensor, without importing torch
-    t = t.detach().cpu().numpy()
-  return np.asarray(t)
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], cfg: NeuSConfig = NeuSConfig(),
                        prefix: str = 'renderer.') -> Params:
   """torch state_dict -> param tree (numpy float32 leaves). Raises on any unknown/missing/mis-shaped key."""
@@ -60,7 +53,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], cfg: NeuSConfig = NeuSConf
   for k, (path, layout, shape) in m.items():
     if k not in state_dict:
       continue
-    a = _to_numpy(state_dict[k])
+    a = to_numpy(state_dict[k])
     if tuple(a.shape) != shape:
       misshaped.append(f'{k}: {tuple(a.shape)} (expected {shape})')
       continue
@@ -78,7 +71,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], cfg: NeuSConfig = NeuSConf
     lines += [f'  unexpected key: {k}' for k in unknown]
     lines += [f'  missing key: {k}' for k in missing]
     lines += [f'  mis-shaped key: {k}' for k in misshaped]
-    raise NeuSConversionError('\n'.join(lines))
+    raise ConversionError('\n'.join(lines))
   return params
 
 
@@ -95,14 +88,11 @@ def to_state_dict(params: Params, cfg: NeuSConfig = NeuSConfig(), prefix: str = 
     elif layout == 'T':
       a = np.ascontiguousarray(a.T)
     if a.shape != shape:
-      raise NeuSConversionError(f'{"/".join(path)}: shape {a.shape} does not give {k} {shape}')
+      raise ConversionError(f'{"/".join(path)}: shape {a.shape} does not give {k} {shape}')
     out[k] = a
   return out
 
 
-def load_torch_checkpoint(path: str, cfg: NeuSConfig = NeuSConfig(), prefix: str = 'renderer.') -> Params:
+def load(path: str, cfg: NeuSConfig = NeuSConfig(), prefix: str = 'renderer.') -> Params:
   """Reads a RendererTrainer / NeuSRenderer checkpoint ({'state_dict': ...} or a bare state_dict)."""
-  import torch  # only needed here
-  ckpt = torch.load(path, map_location='cpu', weights_only=True)
-  sd = ckpt['state_dict'] if isinstance(ckpt, dict) and 'state_dict' in ckpt else ckpt
-  return convert_state_dict(sd, cfg, prefix)
+  return convert_state_dict(load_state_dict(path, what='NeuS checkpoint'), cfg, prefix)
