@@ -94,13 +94,8 @@ def named_model_config(name: str):
 
 def config_name(config) -> Optional[str]:
   """'full' / 'tiny' when `config` is one of the named sizes, else None."""
-  for name in ('full', 'tiny'):
-    try:
-      if named_model_config(name) == config.architecture():
-        return name
-    except ImportError:  # pragma: no cover  (a partial install without the sampler)
-      pass
-  return None
+  arch = config.architecture()
+  return next((name for name in ('full', 'tiny') if named_model_config(name) == arch), None)
 
 
 def fitting_config(shapes: Dict[str, tuple], exclude) -> Optional[str]:
