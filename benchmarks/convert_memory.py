@@ -80,13 +80,12 @@ def scenario(name: str, ckpt: pathlib.Path, converted: pathlib.Path, cache: path
   import jax
   import numpy as np
   sys.path.insert(0, str(ROOT))
-  from configs import gso
   from convert import syncdreamer
-  from hv_jax import parallel
+  from hv_jax import cli, parallel, settings
   from hv_jax.sampling import pipeline
   from hv_jax.sampling.sampler import Sampler, instance_keys
   rec = {'scenario': name, 'stage': stage}
-  c = gso.get_config()
+  c = cli.load_config(ROOT / 'configs' / 'gso.py')
   c.checkpoint = str(converted)
   c.model = 'tiny' if tiny else ''     # '' = the full size, as stored in the checkpoint
   c.progress = False
@@ -97,6 +96,7 @@ def scenario(name: str, ckpt: pathlib.Path, converted: pathlib.Path, cache: path
   elif name == 'first_use_in_process':   # the former convert_cached: syncdreamer.run in the sampler's process
     syncdreamer.run(str(ckpt), str(cache), model_config='tiny' if tiny else None, verbose=False)
     c.checkpoint = str(cache)
+  c = settings.from_dict(pipeline.SampleSettings, c.to_dict())
   params, model_config, _ = pipeline.load_weights(c, syncdreamer.convert_for_sampler)   # as hv_jax.sample
   mesh = parallel.make_mesh()
   params = jax.block_until_ready(jax.device_put(params, parallel.replicated(mesh)))
@@ -104,7 +104,7 @@ def scenario(name: str, ckpt: pathlib.Path, converted: pathlib.Path, cache: path
   rec['peak_after_load_gib'] = gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
   if stage == 'compile':
     t = time.time()
-    sampler = Sampler(model_config, pipeline.sampler_config(c))
+    sampler = Sampler(model_config, c.sampler_config())
     keys = np.asarray(instance_keys(int(c.seed), [0], [0]))
     size = model_config.image_size
     arrays = [np.zeros((1, size, size, 3), np.float32), np.full((1,), np.deg2rad(30.0), np.float32), keys,
@@ -127,8 +127,9 @@ def run_cli(ckpt: pathlib.Path, out: pathlib.Path, tiny: bool) -> dict:
           'r = subprocess.run(sys.argv[1:]); '
           'print("RESULT " + json.dumps({"rc": r.returncode, '
           '"children_peak_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}))')
-  r = subprocess.run([sys.executable, '-c', code, sys.executable, '-m', 'convert.syncdreamer', '--ckpt', str(ckpt),
-                      '--out', str(out), '--quiet', '--model-config', 'tiny' if tiny else 'full'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  r = subprocess.run([sys.executable, '-c', code, sys.executable, '-m', 'convert.syncdreamer', f'--config.ckpt={ckpt}',
+                      f'--config.out={out}', '--config.quiet=True', f'--config.model={"tiny" if tiny else "full"}'],
+                     cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                      capture_output=True, text=True)
   res = [json.loads(x[7:]) for x in r.stdout.splitlines() if x.startswith('RESULT ')]
   if r.returncode or not res or res[0]['rc']:

@@ -1,4 +1,4 @@
-"""Seconds to evaluate objects × instances with `python -m hv_jax.evaluate --random_weights`, per metric.
+"""Seconds to evaluate objects × instances with `python -m hv_jax.evaluate --config.random_weights=True`, per metric.
 
   PYTHONPATH=. python benchmarks/evaluate.py --gt PATH/gso-eval [--objects 30] [--instances 4] [--keep DIR]
   PYTHONPATH=. python benchmarks/evaluate.py --keep DIR --report      # the table of the objects done so far
@@ -156,10 +156,10 @@ def main():
     atomic.write_json(sittings_file, sittings)
     print(f'sitting {len(sittings)}: {done} objects done before; in-run float32 matmul {gflops:.1f} GFLOP/s',
           flush=True)
-    argv = ['--pred', os.path.join(work, 'pred'), '--gt', os.path.join(work, 'gt'), '--out', out,
-            '--random_weights'] + ([] if a.keep else ['--overwrite'])
+    argv = [f'--config.pred={os.path.join(work, "pred")}', f'--config.gt={os.path.join(work, "gt")}',
+            f'--config.out={out}', '--config.random_weights=True'] + ([] if a.keep else ['--config.overwrite=True'])
     if a.flow_batch:
-      argv += ['--flow_batch', str(a.flow_batch)]
+      argv += [f'--config.flow_batch={a.flow_batch}']
     t0 = time.perf_counter()
     assert evaluate.main(argv) == 0
     total = time.perf_counter() - t0

@@ -12,7 +12,6 @@ colours and masks; the params are a fresh init (the step's cost does not depend 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -31,10 +30,12 @@ def one(name: str, repeats: int):
   import numpy as np
   from unet import jaxpr_flops, matmul_peak
   from hv_jax.neus import data as neus_data
+  from hv_jax import cli, settings
   from hv_jax.neus import fields, pipeline, train
 
-  config = importlib.import_module(f'configs.{name}').get_config()
-  cfg, tc, lc = pipeline.configs_from(config)
+  s = settings.from_dict(pipeline.ReconstructSettings,
+                         cli.load_config(os.path.join(ROOT, 'configs', f'{name}.py')).to_dict())
+  cfg, tc, lc = s.neus, s.train, s.loop_config()
   n = lc.batch_num + lc.fg_num
   Ks, poses, _ = neus_data.default_cameras()
   o, d = neus_data.make_rays(Ks, poses, 256, 256)

@@ -8,13 +8,15 @@ and every manifest say so. For real results use configs/gso.py with converted we
 """
 import os
 
-from configs.common import base_config
+import hv_jax
+from hv_jax.sampling.pipeline import SampleSettings
+from hv_jax.settings import config_dict
 
-_DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'hv_jax', 'assets', 'demo', 'bell')
+_DEMO = os.path.join(os.path.dirname(os.path.abspath(hv_jax.__file__)), 'assets', 'demo', 'bell')
 
 
 def get_config():
-  c = base_config()
+  c = config_dict(SampleSettings)
   c.input = _DEMO
   c.output_dir = 'outputs/demo'
   c.checkpoint = 'random'

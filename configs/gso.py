@@ -4,11 +4,12 @@
 
 Note: the original generate.py defaults differ (cfg_scales 1 1, sample_num 2); the paper's numbers use these.
 """
-from configs.common import base_config
+from hv_jax.sampling.pipeline import SampleSettings
+from hv_jax.settings import config_dict
 
 
 def get_config():
-  c = base_config()
+  c = config_dict(SampleSettings)
   c.output_dir = 'outputs/gso_harmonyview'
   c.elevation = 30.0
   c.sample_num = 4

@@ -2,8 +2,8 @@
 
   python -m hv_jax.reconstruct --config=configs/neus_fast.py --config.input=PATH --config.output_dir=DIR
 
-Changes against configs/neus.py (the measurements behind each: docs/neus.md, "configs/neus_fast.py" and
-"Tuning on real objects"):
+Changes against configs/neus.py (the original's settings: ReconstructSettings' defaults; the measurements
+behind each: docs/neus.md, "configs/neus_fast.py" and "Tuning on real objects"):
 - SDF field: dense multi-resolution feature grids (32^3, 64^3, 128^3, 4 channels) + a 2x64 MLP on a sphere
   prior (GridSDFConfig) instead of the 8x256 positional-encoding MLP; colour MLP 2x64.
 - Samples only inside the cube |x| <= 0.6 (where the original's renderer keeps them anyway), 24 + 24 per ray
@@ -16,16 +16,18 @@ Changes against configs/neus.py (the measurements behind each: docs/neus.md, "co
   object's bounding box at the origin, and nothing in 16 views from 30 degrees above carves the space under
   it; --config.mesh_floor=none for objects whose box is not centred).
 """
-from configs.neus import base_config
+from hv_jax.neus.fields import ColorConfig, GridSDFConfig, NeuSConfig
+from hv_jax.neus.pipeline import ReconstructSettings
+from hv_jax.settings import config_dict
 
 
 def get_config():
-  c = base_config()
+  c = config_dict(ReconstructSettings)
   c.output_dir = 'outputs/neus_fast'
-  c.neus.sdf = dict(kind='grid', resolutions=(32, 64, 128), features=4, d_hidden=64, n_layers=2, d_out=16)
-  c.neus.color = dict(d_feature=15, d_hidden=64, n_layers=2, multires_view=4, weight_norm=False)
-  c.neus.n_samples, c.neus.n_importance, c.neus.up_sample_steps = 24, 24, 2
-  c.neus.clip_to_cube = True
+  c.neus = config_dict(NeuSConfig(
+      sdf=GridSDFConfig(resolutions=(32, 64, 128), features=4, d_hidden=64, n_layers=2, d_out=16),
+      color=ColorConfig(d_feature=15, d_hidden=64, n_layers=2, multires_view=4, weight_norm=False),
+      n_samples=24, n_importance=24, up_sample_steps=2, clip_to_cube=True))
   c.train.base_lr = 1e-3
   c.train.total_steps = 800
   c.train.warm_up_steps = 50

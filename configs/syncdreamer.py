@@ -2,11 +2,12 @@
 
   python -m hv_jax.sample --config=configs/syncdreamer.py --config.input=PATH/gso-eval --config.checkpoint=checkpoints/syncdreamer
 """
-from configs.common import base_config
+from hv_jax.sampling.pipeline import SampleSettings
+from hv_jax.settings import config_dict
 
 
 def get_config():
-  c = base_config()
+  c = config_dict(SampleSettings)
   c.output_dir = 'outputs/gso_syncdreamer'
   c.guidance = 'cfg'
   c.cfg_scale = 2.0

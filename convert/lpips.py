@@ -3,7 +3,7 @@
   params = convert.lpips.load(vgg='vgg16-397923af.pth')     # heads from the installed lpips package
   params = convert.lpips.load(vgg='vgg16.pth', lin='lpips/weights/v0.1/vgg.pth')
   params = convert.lpips.load(lpips_state='sd.pth')         # torch.save(lpips.LPIPS(net='vgg').state_dict())
-  python -m convert.lpips --vgg vgg16-397923af.pth [--lin vgg.pth] --out lpips_vgg.npz
+  python -m convert.lpips --config.vgg=vgg16-397923af.pth [--config.lin=vgg.pth] --config.out=lpips_vgg.npz
 
 Accepted keys (any mix of state dicts, each tensor provided exactly once):
 - torchvision `vgg16().state_dict()`: features.{0,2,5,7,10,12,14,17,19,21,24,26,28}.{weight,bias} ->
@@ -19,6 +19,7 @@ listed by name in one ConversionError; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -29,7 +30,8 @@ import numpy as np
 from flax import traverse_util
 
 from convert.torch_io import ConversionError, load_state_dict, to_numpy
-from hv_jax import cli
+from hv_jax import cli, settings
+from hv_jax.errors import UserError
 from hv_jax.metrics import lpips
 from hv_jax.metrics.lpips import save_npz
 
@@ -139,7 +141,7 @@ def lpips_package_heads() -> str:
   """Path of weights/v0.1/vgg.pth inside the installed lpips package (found without importing it)."""
   spec = importlib.util.find_spec('lpips')
   if spec is None or not spec.submodule_search_locations:
-    raise ConversionError('the lpips package is not installed: pass the heads file with lin= / --lin '
+    raise ConversionError('the lpips package is not installed: pass the heads file with lin= / --config.lin='
                           '(lpips/weights/v0.1/vgg.pth from github.com/richzhang/PerceptualSimilarity)')
   return os.path.join(list(spec.submodule_search_locations)[0], 'weights', 'v0.1', 'vgg.pth')
 
@@ -159,20 +161,33 @@ def load(vgg: Optional[str] = None, lin: Optional[str] = None, lpips_state: Opti
                             load_state_dict(lin, what='LPIPS heads file'))
 
 
-def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog='python -m convert.lpips', description=__doc__.splitlines()[0])
-  parser.add_argument('--vgg', help='torchvision vgg16 weights (e.g. vgg16-397923af.pth)')
-  parser.add_argument('--lin', help='lpips heads file (default: the installed lpips package\'s v0.1/vgg.pth)')
-  parser.add_argument('--lpips-state', help='torch.save(lpips.LPIPS(net="vgg").state_dict()) instead of --vgg')
-  parser.add_argument('--out', required=True, help='output .npz')
-  args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class ConvertSettings:
+  """Every setting of `python -m convert.lpips`."""
+  vgg: str = ''               # torchvision vgg16 weights (e.g. vgg16-397923af.pth)
+  lin: str = ''               # lpips heads file (default: the installed lpips package's v0.1/vgg.pth)
+  lpips_state: str = ''       # torch.save(lpips.LPIPS(net="vgg").state_dict()) instead of vgg
+  out: str = ''               # output .npz
+
+
+def convert_cli(s: ConvertSettings) -> int:
+  if not s.out:
+    raise UserError('no out: set --config.out=PATH.npz (the converted params)')
+  if bool(s.vgg) == bool(s.lpips_state):
+    raise UserError('set either --config.vgg=PATH (torchvision VGG16 weights, heads from --config.lin) or '
+                    '--config.lpips_state=PATH')
   try:
-    save_npz(load(vgg=args.vgg, lin=args.lin, lpips_state=args.lpips_state), args.out)
+    save_npz(load(vgg=s.vgg or None, lin=s.lin or None, lpips_state=s.lpips_state or None), s.out)
   except ConversionError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)   # the message, then every offending key on its own line
     return 2
-  print(f'wrote {args.out}')
+  print(f'wrote {s.out}')
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(argv, ConvertSettings, convert_cli, prog='python -m convert.lpips', doc=__doc__,
+                  default=lambda: settings.config_dict(ConvertSettings))
 
 
 if __name__ == '__main__':

@@ -145,5 +145,5 @@ def random_state_dict(seed: int = 0, layout: Mapping[str, tuple] | None = None) 
 
 
 def random_params(seed: int = 0) -> dict:
-  """hv_jax params of `random_state_dict(seed)` (benchmarks, --random_weights): the fixtures' random RAFT."""
+  """hv_jax params of `random_state_dict(seed)` (benchmarks, random_weights=True): the fixtures' random RAFT."""
   return convert_state_dict(random_state_dict(seed))

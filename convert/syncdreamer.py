@@ -1,13 +1,14 @@
 """Convert the original PyTorch SyncDreamer checkpoint (and OpenAI CLIP) to an orbax checkpoint of Flax params.
 
-  python -m convert.syncdreamer --ckpt syncdreamer-pretrain.ckpt [--clip ViT-L-14.pt] --out DIR
+  python -m convert.syncdreamer --config.ckpt=syncdreamer-pretrain.ckpt [--config.clip=ViT-L-14.pt] --config.out=DIR
 
 Writes DIR/params (orbax), DIR/model_config.json and DIR/conversion.json (source hashes, counts and the
 allow-listed unused keys). Tensors are read from a memory-mapped, weights-only torch.load and converted one
 by one. Every key is accounted for: unmapped, missing and mis-shaped keys are listed by name and the
-command exits non-zero with nothing left at --out (it writes to a temporary folder and renames at the end;
-folders above --out are created only once there is something to write). A mismatch between the checkpoint and
-the model config is reported as such, with the config the checkpoint looks like (`--model-config full|tiny|PATH`).
+command exits non-zero with nothing left at `out` (it writes to a temporary folder and renames at the end;
+folders above `out` are created only once there is something to write). A mismatch between the checkpoint and
+the model config is reported as such, with the config the checkpoint looks like (`--config.model=full|tiny|PATH`,
+the sampler's spelling too). Every setting: ConvertSettings below (--help lists them).
 
 `run_in_child` runs the same conversion in a fresh child process: the sampler converts a .ckpt on first use
 that way, so the torch state dict and the converted arrays are gone before it loads the params.
@@ -15,6 +16,7 @@ that way, so the torch state dict and the converted arrays are gone before it lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -31,7 +33,8 @@ from tqdm import tqdm
 
 from convert import names
 from convert.torch_io import ConversionError, Report, convert_tensors, load_state_dict, plan_key
-from hv_jax import atomic, checkpoint, cli, digest
+from hv_jax import atomic, checkpoint, cli, digest, settings
+from hv_jax.errors import UserError
 from hv_jax.models.config import ModelConfig
 from hv_jax.models.init import abstract_params
 from hv_jax.sampling import schedule
@@ -117,14 +120,13 @@ def fitting_config(shapes: Dict[str, tuple], exclude) -> Optional[str]:
   return None
 
 
-def config_flag(name: Optional[str], caller: str) -> str:
-  """How `caller` passes the model config `name` ('full', 'tiny', or None for a JSON file of its dims)."""
-  if caller == 'sampler':
-    return f'--config.model={name or "PATH.json"}'
-  return f'--model-config {name or "PATH.json"}'
+def config_flag(name: Optional[str]) -> str:
+  """How the model config `name` ('full', 'tiny', or None for a JSON file of its dims) is passed: the same
+  field, `model`, in the converter's settings and in the sampler's."""
+  return f'--config.model={name or "PATH.json"}'
 
 
-def mismatch_message(ckpt: str, config, report: 'Report', shapes: Dict[str, tuple], caller: str) -> str:
+def mismatch_message(ckpt: str, config, report: 'Report', shapes: Dict[str, tuple]) -> str:
   """The one line for a checkpoint that does not match the model config, with the likely cause."""
   given = config_name(config)
   what = {'full': 'full size', 'tiny': 'tiny'}.get(given, 'custom dims')
@@ -139,17 +141,17 @@ def mismatch_message(ckpt: str, config, report: 'Report', shapes: Dict[str, tupl
   fits = fitting_config(shapes, exclude=config)
   if fits is not None:
     desc = {'full': 'the full-size SyncDreamer', 'tiny': 'the tiny SyncDreamer (the demo and parity-fixture size)'}
-    return line + f'; the checkpoint looks like {desc[fits]}: pass its model config with {config_flag(fits, caller)}'
+    return line + f'; the checkpoint looks like {desc[fits]}: pass its model config with {config_flag(fits)}'
   return line + ('; the checkpoint is neither the full-size nor the tiny SyncDreamer: pass its dims as JSON '
-                 f'with {config_flag(None, caller)}')
+                 f'with {config_flag(None)}')
 
 
 def no_clip_message(ckpt: str, caller: str) -> str:
   line = f'{ckpt} has no CLIP image tower (no {CLIP_PREFIX}* weights): '
   if caller == 'sampler':
     return line + ('the sampler cannot add one; convert it once with python -m convert.syncdreamer '
-                   f'--ckpt {ckpt} --clip ViT-L-14.pt --out DIR and pass --config.checkpoint=DIR')
-  return line + 'pass the OpenAI CLIP file with --clip ViT-L-14.pt'
+                   f'--config.ckpt={ckpt} --config.clip=ViT-L-14.pt --config.out=DIR and pass --config.checkpoint=DIR')
+  return line + 'pass the OpenAI CLIP file with --config.clip=ViT-L-14.pt'
 
 
 def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True, caller: str = 'cli'):
@@ -185,11 +187,11 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
   report.missing = ['/'.join(p) for p in targets if p not in flat and '/'.join(p) not in misshaped]
   # A config mismatch mis-shapes the CLIP keys too: say so before concluding that the tower is absent.
   if report.misshaped:
-    raise ConversionError(mismatch_message(ckpt, config, report, shapes, caller) + '\n' + report.problems())
+    raise ConversionError(mismatch_message(ckpt, config, report, shapes) + '\n' + report.problems())
   if clip is None and not has_clip:
     raise ConversionError(no_clip_message(ckpt, caller))
   if not report.ok:
-    raise ConversionError(mismatch_message(ckpt, config, report, shapes, caller) + '\n' + report.problems())
+    raise ConversionError(mismatch_message(ckpt, config, report, shapes) + '\n' + report.problems())
   return traverse_util.unflatten_dict(flat), report
 
 
@@ -201,24 +203,33 @@ def _progress(total, enabled):
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog='python -m convert.syncdreamer', description=__doc__.splitlines()[0])
-  parser.add_argument('--ckpt', required=True, help='syncdreamer-pretrain.ckpt (PyTorch Lightning checkpoint)')
-  parser.add_argument('--clip', default=None, help='OpenAI CLIP ViT-L-14.pt, if the .ckpt lacks the CLIP tower')
-  parser.add_argument('--out', required=True, help='output directory (must not exist, or use --overwrite)')
-  parser.add_argument('--model-config', default=None,
-                      help="model dims: 'full' (the default: the published SyncDreamer), 'tiny' (the demo / parity "
-                           'size), or a JSON file (a parity config.json works)')
-  parser.add_argument('--overwrite', action='store_true')
-  parser.add_argument('--quiet', action='store_true')
-  args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class ConvertSettings:
+  """Every setting of `python -m convert.syncdreamer`."""
+  ckpt: str = ''              # syncdreamer-pretrain.ckpt (PyTorch Lightning checkpoint)
+  out: str = ''               # output folder (must not exist, or set overwrite)
+  clip: str = ''              # OpenAI CLIP ViT-L-14.pt, if the .ckpt lacks the CLIP tower
+  model: str = 'full'         # model dims: 'full' (the published SyncDreamer), 'tiny' (the demo / parity size), or a JSON file (a parity config.json works)
+  overwrite: bool = False     # replace an existing `out`
+  quiet: bool = False         # no progress bar, no report
+
+
+def convert_cli(s: ConvertSettings) -> int:
+  for field, what in (('ckpt', 'the PyTorch checkpoint'), ('out', 'the output folder')):
+    if not getattr(s, field):
+      raise UserError(f'no {field}: set --config.{field}=PATH ({what})')
   try:
-    run(args.ckpt, args.out, clip=args.clip, model_config=args.model_config, overwrite=args.overwrite,
-        verbose=not args.quiet)
+    run(s.ckpt, s.out, clip=s.clip or None, model_config=s.model or None, overwrite=s.overwrite,
+        verbose=not s.quiet)
   except ConversionError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)   # the message, then every offending key on its own line
     return 2
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(argv, ConvertSettings, convert_cli, prog='python -m convert.syncdreamer', doc=__doc__,
+                  default=lambda: settings.config_dict(ConvertSettings))
 
 
 def load_model_config(path):
@@ -246,7 +257,7 @@ def run(ckpt: str, out: str, *, clip=None, model_config=None, overwrite=False, v
   config = load_model_config(model_config)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
-    raise ConversionError(f'{out} exists; choose another --out or pass --overwrite')
+    raise ConversionError(f'{out} exists; choose another --config.out or set --config.overwrite=True')
   parent = os.path.dirname(out)
   # refused before a long conversion; nothing created yet
   atomic.require_writable(parent, 'cannot write to {folder}: {problem}', error=ConversionError)
@@ -312,7 +323,7 @@ def orbax_without_host_copies():
     handlers.add(np.ndarray, previous, override=True, ignore_warnings=True)
 
 
-TMP_PREFIX = '.convert-'   # + pid: the temporary folder beside --out that a run renames into place
+TMP_PREFIX = '.convert-'   # + pid: the temporary folder beside `out` that a run renames into place
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root, holding convert/
 
 

@@ -3,7 +3,7 @@
   python -m experiments.diversity --config=experiments/configs/scale_sweep.py --config.data.path=PATH/gso-eval \
       --config.checkpoint=checkpoints/syncdreamer
   python -m experiments.diversity --config=experiments/configs/demo_sweep.py      # tiny random model, CPU
-  python -m experiments.report RESULTS_DIR                                        # tables, plots, HTML
+  python -m experiments.report --config.results=RESULTS_DIR                      # tables, plots, HTML
 
 Work units are (input, instance, setting). A setting is a guidance mode with its scales: HarmonyView's
 (s1, s2) grid (Eq. 9), CFG scales (Eq. 5), optionally no guidance.
@@ -23,8 +23,8 @@ and finishes the metrics of a unit whose strip was written just before a kill wi
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -45,6 +45,7 @@ from convert import syncdreamer as convert_syncdreamer
 from experiments import data
 from experiments import store as store_lib
 from hv_jax import atomic, checks, cli, digest, evaluate, parallel
+from hv_jax import settings as settings_lib
 from hv_jax.data import preprocess
 from hv_jax.data import views as views_lib
 from hv_jax.errors import UserError
@@ -54,6 +55,59 @@ from hv_jax.sampling import modes, pipeline
 from hv_jax.sampling.sampler import batch_arrays, input_id_of
 
 METRIC_GROUPS = ('cd_score', 'psnr_ssim', 'lpips', 'e_flow')
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """Where the study's inputs come from."""
+  source: str = 'gso'         # 'gso': a GSO eval folder read through the TFDS builder; 'images': own images
+  path: str = ''              # the GSO eval folder (TFDS manual_dir) or the image folder
+  tfds_dir: str = ''          # where TFDS writes the prepared dataset ('' = OUTPUT/tfds)
+  max_inputs: int = 0         # first N inputs by name (0 = all)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+  """The grid of guidance settings: each mode's scales (modes.MODES' `columns` name these fields)."""
+  s1: Tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)   # Eq. 9 consistency scales
+  s2: Tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)   # Eq. 9 diversity scales
+  cfg: Tuple[float, ...] = (1.0, 2.0, 3.0)       # Eq. 5 (SyncDreamer) scales
+  none: bool = False                             # also the unguided eps(x; c)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSettings(evaluate.MetricWeights):
+  """The per-unit metrics: which, at what size, with which weights (hv_jax.evaluate's backends)."""
+  names: str = 'cd_score,psnr_ssim,lpips,e_flow'   # comma list of METRIC_GROUPS
+  size: int = 0                  # views are compared at this size (0 = the model's; RAFT needs >= 128)
+  ssim_border: str = 'crop'      # as hv_jax.evaluate (torchmetrics before PR #2721)
+  small_random_clip: bool = False   # with random_weights: a small CLIP instead of ViT-L/14's shape
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySettings(pipeline.SampleSettings):
+  """Every setting of a study: the sampler's (SampleSettings: model, seed, steps, ...; `input` unused, the
+  inputs come from `data`) and the study's own blocks."""
+  data: DataSettings = DataSettings()
+  sweep: SweepSettings = SweepSettings()
+  metrics: MetricSettings = MetricSettings()
+  coordinator_address: str = ''  # with distributed=True: host:port of process 0 ('' = from the environment)
+  num_processes: int = 0
+  process_id: int = -1
+
+  def validate(self) -> None:
+    """Every study setting, before any work: one UserError line naming the field."""
+    self.validate_sampling()
+    for field in ('sweep.s1', 'sweep.s2', 'sweep.cfg'):
+      checks.numbers_of(self, field)
+    checks.number(self, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')
+    checks.number(self, 'data.max_inputs', lo=0, integer=True, hint='0 = all')
+    if str(self.metrics.ssim_border) not in ('crop', 'full'):
+      raise UserError(f"--config.metrics.ssim_border={self.metrics.ssim_border!r}: use 'crop' or 'full'")
+    if not self.output_dir:
+      raise UserError('no output folder: set --config.output_dir=DIR')
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -93,12 +147,12 @@ class Unit:
 
 # ----------------------------------------------------------------------------- the plan
 
-def settings_of(sweep) -> List[Setting]:
+def settings_of(sweep: SweepSettings) -> List[Setting]:
   """The grid, mode by mode (modes.MODES): 'none' if asked, every CFG scale, every (s1, s2) pair of
   HarmonyView; a mode's scales come from the sweep fields named as its columns (sweep.cfg, sweep.s1, sweep.s2)."""
   out = []
   for m in modes.MODES.values():
-    grid = itertools.product(*(sweep[c] for c in m.columns)) if m.columns else ([()] if sweep.none else [])
+    grid = itertools.product(*(getattr(sweep, c) for c in m.columns)) if m.columns else ([()] if sweep.none else [])
     out += [Setting(m.name, m.scales(values)) for values in grid]
   if not out:
     raise UserError('the sweep is empty: give sweep.s1 and sweep.s2, and/or sweep.cfg (or sweep.none=True)')
@@ -115,7 +169,7 @@ def work_units(inputs: Sequence[Input], instances: int, settings: Sequence[Setti
 
 # ----------------------------------------------------------------------------- inputs
 
-def load_records(config) -> List[dict]:
+def load_records(config: StudySettings) -> List[dict]:
   """Input records (experiments.data's format): the GSO eval set through its TFDS builder, or a folder of
   the user's images."""
   d = config.data
@@ -145,7 +199,7 @@ def gt_at(gt_rgba: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], -1)
 
 
-def prepare_inputs(records, config, image_size: int, metric_size: int) -> List[Input]:
+def prepare_inputs(records, config: StudySettings, image_size: int, metric_size: int) -> List[Input]:
   out = []
   for r in records:
     try:
@@ -166,8 +220,7 @@ def prepare_inputs(records, config, image_size: int, metric_size: int) -> List[I
 class Metrics:
   """Per-unit metrics; each metric group is computed or unavailable with a reason (kept in study.json)."""
 
-  def __init__(self, config, metric_size: int):
-    m = config.metrics
+  def __init__(self, m: MetricSettings, metric_size: int):
     wanted = [g.strip() for g in str(m.names).split(',') if g.strip()]
     bad = sorted(set(wanted) - set(METRIC_GROUPS))
     if bad:
@@ -176,9 +229,6 @@ class Metrics:
     self.crop_border = m.ssim_border == 'crop'
     self.groups: Dict[str, object] = {}
     self.unavailable: Dict[str, str] = {}
-    args = argparse.Namespace(random_weights=bool(m.random_weights), clip=m.clip, clip_tokenizer=m.clip_tokenizer,
-                              lpips_vgg=m.lpips_vgg, lpips_lin=m.lpips_lin, raft=m.raft, flow_batch=None,
-                              cache_gt_flows=True)
     for g in wanted:
       if g == 'psnr_ssim':
         self.groups[g] = None
@@ -194,8 +244,8 @@ class Metrics:
           b = (evaluate.random_clip_backend(_small_clip(), seed=1) if m.small_random_clip
                else evaluate.random_clip_backend(_full_clip()))
         else:
-          b = {'cd_score': evaluate._clip_backend, 'lpips': evaluate.lpips_backend,
-               'e_flow': evaluate.raft_backend}[g](args)
+          b = {'cd_score': evaluate.clip_backend, 'lpips': evaluate.lpips_backend,
+               'e_flow': functools.partial(evaluate.raft_backend, cache_gt_flows=True)}[g](m, '--config.metrics.')
       except Exception as e:  # noqa: BLE001  (bad weights disable one metric, not the study)
         b = evaluate.Backend(reason=f'weights could not be loaded: {str(e).splitlines()[0]}')
       if b.fn is None:
@@ -236,7 +286,7 @@ def _full_clip():
 
 # ----------------------------------------------------------------------------- the study folder
 
-def identity_of(config, ckpt: str, model_config) -> dict:
+def identity_of(config: StudySettings, ckpt: str, model_config) -> dict:
   """What a finished unit's numbers depend on besides its own (input, instance, setting)."""
   m = config.metrics
   identity = {'checkpoint': ckpt, 'model_config': model_config.architecture().to_dict(), 'seed': int(config.seed),
@@ -245,9 +295,9 @@ def identity_of(config, ckpt: str, model_config) -> dict:
               'crop_size': int(config.crop_size), 'elevation_default': float(config.elevation),
               'metric_size': int(m.size), 'ssim_border': str(m.ssim_border),
               'random_metric_weights': bool(m.random_weights), 'small_random_clip': bool(m.small_random_clip),
-              'metric_weights': {k: digest.weights_identity(str(m[k])) for k in ('clip', 'lpips_vgg', 'lpips_lin',
-                                                                                 'raft')}}
-  if str(config.get('ddim_spacing', 'uniform')) != 'uniform':   # absent for the original schedule, as before
+              'metric_weights': {k: digest.weights_identity(str(getattr(m, k)))
+                                 for k in ('clip', 'lpips_vgg', 'lpips_lin', 'raft')}}
+  if str(config.ddim_spacing) != 'uniform':   # absent for the original schedule, as before
     identity['ddim_spacing'] = str(config.ddim_spacing)
   return json.loads(json.dumps(identity))   # as study.json stores it (tuples become lists)
 
@@ -300,7 +350,7 @@ def check_study(out: pathlib.Path, identity: dict) -> None:
                     'settings')
 
 
-def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Input], settings, metrics: Metrics,
+def write_study(out: pathlib.Path, config: StudySettings, identity: dict, inputs: Sequence[Input], settings, metrics: Metrics,
                 random_model: bool) -> None:
   """study.json and the input views (process 0 writes them; every process computes the same content)."""
   if jax.process_index() != 0:
@@ -320,28 +370,15 @@ def write_study(out: pathlib.Path, config, identity: dict, inputs: Sequence[Inpu
          'instances': int(config.sample_num), 'metrics_unavailable': metrics.unavailable,
          'unit_key': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(name)), instance): the same noise for '
                      'every setting',
-         'config': json.loads(config.to_json_best_effort())}
+         'config': settings_lib.as_json(config)}
   atomic.write_json(out / 'study.json', doc)
 
 
 # ----------------------------------------------------------------------------- the run
 
-def validate(config) -> None:
-  """Every study setting, before any work: one UserError line naming the field."""
-  pipeline.validate_sampling(config)
-  for field in ('sweep.s1', 'sweep.s2', 'sweep.cfg'):
-    checks.numbers_of(config, field)
-  checks.number(config, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')
-  checks.number(config, 'data.max_inputs', lo=0, integer=True, hint='0 = all')
-  if str(config.metrics.ssim_border) not in ('crop', 'full'):
-    raise UserError(f"--config.metrics.ssim_border={config.metrics.ssim_border!r}: use 'crop' or 'full'")
-  if not config.output_dir:
-    raise UserError('no output folder: set --config.output_dir=DIR')
-
-
-def run(config) -> dict:
+def run(config: StudySettings) -> dict:
   """Runs (or resumes) the study; returns counts {'units', 'done_before', 'sampled', 'metrics_only'}."""
-  validate(config)
+  config.validate()
   parallel.initialize_distributed(bool(config.distributed), str(config.coordinator_address),
                                   int(config.num_processes), int(config.process_id))
   settings = settings_of(config.sweep)
@@ -354,7 +391,7 @@ def run(config) -> dict:
   metric_size = int(config.metrics.size) or size
   identity = identity_of(config, ckpt, model_config)
   check_study(out, identity)
-  metrics = Metrics(config, metric_size)
+  metrics = Metrics(config.metrics, metric_size)
   inputs = prepare_inputs(load_records(config), config, size, metric_size)
   check_inputs(out, inputs)
   write_study(out, config, identity, inputs, settings, metrics, ckpt.startswith('random'))
@@ -404,10 +441,7 @@ def run(config) -> dict:
     group = [u for u in todo if u.setting.mode == mode]
     if not group:
       continue
-    config_m = config.copy_and_resolve_references()
-    with config_m.unlocked():
-      config_m.guidance = mode
-    fn = pipeline.compiled_sampler(model_config, pipeline.sampler_config(config_m), tuple(mesh.devices.flat),
+    fn = pipeline.compiled_sampler(model_config, config.sampler_config(mode), tuple(mesh.devices.flat),
                                   False)   # per-unit progress here; no host callback: cacheable
     sample = lambda *arrays, fn=fn: fn(params, *arrays, eta)
     for chunk, views, seconds in parallel.run_batches(sample, group, batch, arrays_of, mesh):
@@ -427,19 +461,19 @@ def run(config) -> dict:
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv=None) -> None:
-  cfg_flag = cli.define_config('Study config (experiments/configs/*.py).')
+def study(config: StudySettings) -> int:
+  counts = run(config)
+  print(f"done: {counts['sampled']} units sampled, {counts['metrics_only']} finished from saved strips, "
+        f"{counts['done_before']} already done (of {counts['units']}) in {config.output_dir}; "
+        f'report: python -m experiments.report --config.results={config.output_dir}')
+  return 0
 
-  def _main(config) -> int:
-    counts = run(config)
-    print(f"done: {counts['sampled']} units sampled, {counts['metrics_only']} finished from saved strips, "
-          f"{counts['done_before']} already done (of {counts['units']}) in {config.output_dir}; "
-          f'report: python -m experiments.report {config.output_dir}')
-    return 0
 
+def main(argv=None) -> int:
   logging.set_verbosity(logging.INFO)
-  cli.run(_main, cfg_flag, 'pass --config=experiments/configs/scale_sweep.py (or demo_sweep.py)', argv)
+  return cli.main(argv, StudySettings, study, prog='python -m experiments.diversity', doc=__doc__,
+                  missing_hint='pass --config=experiments/configs/scale_sweep.py (or demo_sweep.py)')
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -1,8 +1,8 @@
 """The report of a diversity study: a table per guidance setting, plots, and one self-contained HTML page.
 
-  python -m experiments.report RESULTS [--out RESULTS/report] [--strip_width 2048]
+  python -m experiments.report --config.results=RESULTS [--config.out=RESULTS/report] [--config.strip_width=2048]
 
-RESULTS is a study folder (`experiments/store.py`). Writes into OUT:
+RESULTS is a study folder (`experiments/store.py`). Writes into OUT (ReportSettings below: every setting):
   table.md, table.csv   one row per setting ('none', then CFG by scale, then HarmonyView by s1, s2): units,
                         inputs, mean ± std over units of PSNR, SSIM, LPIPS, E_flow, and the CD score
   cd_vs_s2.png          CD score against s2, a line per s1 (CFG / no guidance as horizontal reference lines)
@@ -22,9 +22,9 @@ says so.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -37,8 +37,9 @@ import numpy as np
 from PIL import Image
 
 from experiments import store
-from hv_jax import atomic
+from hv_jax import atomic, checks
 from hv_jax import cli, optional
+from hv_jax import settings as settings_lib
 from hv_jax.errors import UserError
 from hv_jax.metrics import stats
 from hv_jax.sampling import modes
@@ -451,28 +452,29 @@ def build(root: pathlib.Path, strip_width: int) -> Tuple[Dict[str, bytes], Dict]
   return files, facts
 
 
-def parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(prog='python -m experiments.report', description=__doc__.splitlines()[0])
-  p.add_argument('results', help='study folder (study.json, index/, strips/)')
-  p.add_argument('--out', default='', help='report folder (default: RESULTS/report)')
-  p.add_argument('--strip_width', type=int, default=2048, help='strips wider than this are downscaled in the page')
-  return p
+@dataclasses.dataclass(frozen=True)
+class ReportSettings:
+  """Every setting of `python -m experiments.report`."""
+  results: str = ''           # the study folder (study.json, index/, strips/)
+  out: str = ''               # report folder (default: RESULTS/report)
+  strip_width: int = 2048     # strips wider than this are downscaled in the page (16 at least)
+
+  def validate(self) -> None:
+    if not self.results:
+      raise UserError('no study folder: set --config.results=DIR (the output_dir of python -m experiments.diversity)')
+    checks.number(self, 'strip_width', integer=True)
 
 
-def main(argv=None) -> int:
-  args = parser().parse_args(argv)
-  root = pathlib.Path(args.results)
-  out = pathlib.Path(args.out) if args.out else root / 'report'
+def report(s: ReportSettings) -> int:
+  s.validate()
+  root = pathlib.Path(s.results)
+  out = pathlib.Path(s.out) if s.out else root / 'report'
   try:
-    files, facts = build(root, max(16, args.strip_width))
+    files, facts = build(root, max(16, int(s.strip_width)))
     for name, data in files.items():
       atomic.write_bytes(out / name, data)
-  except UserError as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 2
   except OSError as err:
-    print(f'error: cannot write the report to {out}: {err}', file=sys.stderr)
-    return 2
+    raise UserError(f'cannot write the report to {out}: {err}') from None
   mib = len(files['index.html']) / 2**20
   print(f"report of {root}: {facts['units']} units, {facts['inputs']} inputs, {facts['settings']} settings"
         + (f' — {RANDOM_BANNER}' if facts['random_weights'] else ''))
@@ -480,6 +482,11 @@ def main(argv=None) -> int:
   print(f'  {out / "table.md"}, table.csv')
   print(f'  {out}/' + ', '.join(PLOTS))
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(argv, ReportSettings, report, prog='python -m experiments.report', doc=__doc__,
+                  default=lambda: settings_lib.config_dict(ReportSettings))
 
 
 if __name__ == '__main__':

@@ -40,8 +40,8 @@ def save(directory: str, params, config: ModelConfig, meta: Optional[dict] = Non
 def load_config(directory: str) -> ModelConfig:
   path = os.path.join(directory, 'model_config.json')
   if not os.path.isfile(path):
-    raise CheckpointError(f'{directory} is not an hv_jax checkpoint (no model_config.json); '
-                          'convert the PyTorch weights with: python -m convert.syncdreamer --ckpt ... --out DIR')
+    raise CheckpointError(f'{directory} is not an hv_jax checkpoint (no model_config.json); convert the PyTorch '
+                          'weights with: python -m convert.syncdreamer --config.ckpt=... --config.out=DIR')
   with open(path) as f:
     return ModelConfig.from_json(f.read())
 

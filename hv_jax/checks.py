@@ -1,4 +1,5 @@
-"""Checks of numeric settings at a CLI's entry point: finite, in range, integral where counts are meant.
+"""Checks of numeric settings (each settings dataclass's `validate()`): finite, in range, integral where counts
+are meant.
 
 A NaN or infinite setting is never passed on (`eta=nan` would give black views and an invalid manifest);
 each failure is one UserError line naming the config field as the user spells it (`--config.<field>`).
@@ -12,10 +13,11 @@ from typing import Optional, Sequence
 from hv_jax.errors import UserError
 
 
-def _get(config, field: str):
-  value = config
+def _get(settings, field: str):
+  """A (dotted) field of a settings dataclass (or of a dict)."""
+  value = settings
   for part in field.split('.'):
-    value = value[part]
+    value = value[part] if isinstance(value, dict) else getattr(value, part)
   return value
 
 
@@ -46,14 +48,14 @@ def check_number(name: str, value, *, lo: Optional[float] = None, hi: Optional[f
   return value
 
 
-def number(config, field: str, **kw):
-  """check_number of the config field `field` (dotted for nested fields), named --config.<field>."""
-  return check_number(f'--config.{field}', _get(config, field), **kw)
+def number(settings, field: str, **kw):
+  """check_number of the settings field `field` (dotted for nested fields), named --config.<field>."""
+  return check_number(f'--config.{field}', _get(settings, field), **kw)
 
 
-def numbers_of(config, field: str, **kw) -> Sequence:
+def numbers_of(settings, field: str, **kw) -> Sequence:
   """Every element of a sequence field (a sweep's scales), each checked as `number` does."""
-  values = _get(config, field)
+  values = _get(settings, field)
   if isinstance(values, (str, bytes)) or not hasattr(values, '__iter__'):
     values = (values,)
   return tuple(check_number(f'--config.{field}', v, **kw) for v in values)

@@ -1,34 +1,35 @@
 """Evaluate generated views (and meshes) against GSO ground truth: every metric of the paper in one command.
 
-  python -m hv_jax.evaluate --pred outputs/gso --gt PATH/gso-eval --out results/gso \
-      [--clip clip-vit-large-patch14/] [--lpips_vgg vgg16-397923af.pth] [--raft raft-things.pth] \
-      [--meshes outputs/gso_neus]
+  python -m hv_jax.evaluate --config=configs/evaluate.py --config.pred=outputs/gso --config.gt=PATH/gso-eval \
+      --config.out=results/gso [--config.clip=clip-vit-large-patch14/] [--config.lpips_vgg=vgg16-397923af.pth] \
+      [--config.raft=raft-things.pth] [--config.meshes=outputs/gso_neus]
 
---pred holds one folder per object with the sampler's strips 0.png, 1.png, ... (256×4096, 16 views left to
-right: the layout of the original `generate.py`); --gt the GSO-eval folders (000.png … 015.png RGBA and
+Every setting: `EvaluateSettings` below (--help lists them; without --config=FILE its defaults are the
+config). `pred` holds one folder per object with the sampler's strips 0.png, 1.png, ... (256×4096, 16 views
+left to right: the layout of the original `generate.py`); `gt` the GSO-eval folders (000.png … 015.png RGBA and
 model.obj). Per object and instance: PSNR, SSIM, LPIPS (averaged over the 16 views as eval_nvs.py), E_flow
-(eval_consistency.py), the CD score terms (eval_CD_score.py) and, with --meshes
+(eval_consistency.py), the CD score terms (eval_CD_score.py) and, with `meshes`
 (MESHES/<object>-<k>-neus/mesh.ply, or MESHES/<object>/<k>/mesh.ply), Chamfer distance and volume IoU.
 
 Writes OUT/objects/<object>.json (per instance and per view, written atomically as each object finishes: an
 interrupted run resumes where it stopped), OUT/results.csv, OUT/summary.json, OUT/table.md (mean over
 objects of the per-object best, average and variance over instances, next to the paper's numbers) and
 OUT/figure.png. A metric whose weights are not given is reported as unavailable with the reason; the others
-are still computed. --random_weights runs every learned metric with random weights (benchmarks, smoke tests:
-the numbers mean nothing, and every output says so).
+are still computed. random_weights=True runs every learned metric with random weights (benchmarks, smoke
+tests: the numbers mean nothing, and every output says so).
 
 Resume: a stored OUT/objects/<object>.json is reused only when it was made from the same inputs and settings.
 Each record keeps `inputs` ({'pred:<object>/<k>.png' | 'gt:<object>/000.png' … | 'gt:<object>/model.obj' |
-'meshes:<path under --meshes>': sha256 of the file}; the GT mesh and the meshes only with --meshes) and
-`settings` (--random_weights, --ssim_border, whether --meshes was given and the GT rotation, and per learned
+'meshes:<path under meshes>': sha256 of the file}; the GT mesh and the meshes only with `meshes`) and
+`settings` (random_weights, ssim_border, whether meshes were given and the GT rotation, and per learned
 metric whether it is available and the sha256 of its weight files (digest.weights_identity), or 'random';
---flow_batch is left out: it does not change the numbers). Anything different, or a record without
+flow_batch is left out: it does not change the numbers). Anything different, or a record without
 these keys (an older version), is recomputed; the log (stderr) says which objects were reused and why each
-other one is recomputed. --overwrite recomputes everything.
+other one is recomputed. overwrite=True recomputes everything.
 
-With --meshes the GT rotation is chosen by object name (hv_jax.metrics.geometry, the 30 GSO-eval objects): an
+With `meshes` the GT rotation is chosen by object name (hv_jax.metrics.geometry, the 30 GSO-eval objects): an
 object with a GT model.obj whose name is not in that table is refused before any work, with the closest
-known names, unless --gt_rotation NAME=DEG names its rotation (0 if its GT mesh needs none).
+known names, unless --config.gt_rotation=NAME=DEG names its rotation (0 if its GT mesh needs none).
 
 Non-finite numbers in the JSON files (PSNR of identical images is inf): JSON has no inf/nan, so
 OUT/objects/*.json and OUT/summary.json write them as the strings "inf", "-inf" and "nan" (Python's
@@ -38,7 +39,6 @@ before that leaves no folder behind.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -54,8 +54,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hv_jax import atomic, digest
+from hv_jax import atomic, checks, digest
 from hv_jax import cli, optional
+from hv_jax import settings as settings_lib
 from hv_jax.data import views
 from hv_jax.data.views import NUM_VIEWS
 from hv_jax.errors import UserError
@@ -64,6 +65,48 @@ from hv_jax.models import clip
 from hv_jax.models.config import CLIPModelConfig
 
 METRICS = ('psnr', 'ssim', 'lpips', 'e_flow', 'cd_score', 'chamfer', 'iou')
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclasses.dataclass(frozen=True)
+class MetricWeights:
+  """The learned metrics' weight files (the studies' `metrics` block has them too): a metric without its file
+  is unavailable, with the reason; the others are still computed."""
+  clip: str = ''              # CLIP weights: a Hugging Face CLIPModel folder or OpenAI ViT-L-14.pt
+  clip_tokenizer: str = ''    # folder with vocab.json + merges.txt (default: clip, when it is a folder)
+  lpips_vgg: str = ''         # torchvision VGG16 weights (vgg16-397923af.pth), or an .npz of python -m convert.lpips
+  lpips_lin: str = ''         # LPIPS linear heads (default: the lpips package's v0.1/vgg.pth)
+  raft: str = ''              # RAFT weights (raft-things.pth)
+  random_weights: bool = False   # random weights for every learned metric (the numbers mean nothing)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings(MetricWeights):
+  """Every setting of `python -m hv_jax.evaluate` (configs/evaluate.py: the paper's GSO evaluation)."""
+  pred: str = ''              # folder of <object>/<k>.png strips (the sampler output)
+  gt: str = ''                # GSO-eval folder: <object>/000.png … 015.png, model.obj
+  out: str = ''               # results folder
+  objects: str = ''           # comma list (default: every object folder in pred)
+  num_samples: int = 0        # expected strips per object (0: any, but the same for every object)
+  meshes: str = ''            # folder of <object>-<k>-neus/mesh.ply (Chamfer, volume IoU)
+  gt_rotation: str = ''       # NAME=DEG[,NAME=DEG]: GT mesh rotation of objects that are not GSO-eval objects
+  ssim_border: str = 'crop'   # 'crop': SSIM map without its 5-px border (torchmetrics before PR #2721, Sep 2024: the paper's); 'full'
+  flow_batch: int = 0         # view sets per RAFT call (0: all at once; lower to save memory)
+  overwrite: bool = False     # recompute objects that already have results
+  progress: bool = True       # progress bar on stderr
+
+  def validate(self) -> None:
+    """One UserError line naming the field (--config.<field>) for a missing folder or a bad value."""
+    for name, what in (('pred', 'the folder of generated strips'), ('gt', 'the GSO-eval folder'),
+                       ('out', 'the results folder')):
+      if not getattr(self, name):
+        raise UserError(f'no {name}: set --config.{name}=DIR ({what})')
+    if self.ssim_border not in ('crop', 'full'):
+      raise UserError(f"--config.ssim_border={self.ssim_border!r}: use 'crop' or 'full'")
+    checks.number(self, 'num_samples', lo=0, integer=True, hint='0: any')
+    checks.number(self, 'flow_batch', lo=0, integer=True, hint='0: all view sets at once')
+    gt_rotations(self.gt_rotation)   # a malformed gt_rotation fails here
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -116,7 +159,7 @@ def converters():
   -> hv_jax params. The one way this command reads such files.
 
   Lazy: convert/ lives in the repository checkout and is not installed with hv_jax; a run given converted
-  (.npz) weights or none never imports it (--random_weights does, for the RAFT weights it draws in the
+  (.npz) weights or none never imports it (random_weights does, for the RAFT weights it draws in the
   original layout; no torch). One line (UserError) when it cannot be imported.
   """
   try:
@@ -130,16 +173,18 @@ def converters():
   return convert
 
 
-def _clip_backend(args) -> Backend:
-  if args.random_weights:
+def clip_backend(w: MetricWeights, flag: str = '--config.') -> Backend:
+  """The CD score's CLIP (random with w.random_weights; unavailable, with the reason, without w.clip).
+  `flag`: how the reasons name the weights' fields (the studies: '--config.metrics.')."""
+  if w.random_weights:
     return random_clip_backend(CLIPModelConfig())
-  if not args.clip:
-    return Backend(reason='no CLIP weights: pass --clip (a Hugging Face openai/clip-vit-large-patch14 folder, '
-                          'or OpenAI ViT-L-14.pt with --clip_tokenizer)')
-  params, config, _ = converters().clip.load(args.clip)
-  tok_dir = args.clip_tokenizer or (args.clip if os.path.isdir(args.clip) else None)
+  if not w.clip:
+    return Backend(reason=f'no CLIP weights: set {flag}clip (a Hugging Face openai/clip-vit-large-patch14 '
+                          f'folder, or OpenAI ViT-L-14.pt with {flag}clip_tokenizer)')
+  params, config, _ = converters().clip.load(w.clip)
+  tok_dir = w.clip_tokenizer or (w.clip if os.path.isdir(w.clip) else None)
   if tok_dir is None:
-    return Backend(reason='no CLIP tokenizer: pass --clip_tokenizer (a folder with vocab.json and merges.txt)')
+    return Backend(reason=f'no CLIP tokenizer: set {flag}clip_tokenizer (a folder with vocab.json and merges.txt)')
   tokenizer = cd_score.load_tokenizer(tok_dir)
   ids_of = lambda prompt: cd_score.tokenize(prompt, tokenizer, config.text.context_length)
   return cd_backend(params, config, ids_of)
@@ -168,15 +213,16 @@ def cd_backend(params, config, ids_of: Callable[[str], np.ndarray], random: bool
   return Backend(fn, random=random)
 
 
-def lpips_backend(args) -> Backend:
-  if args.random_weights:
+def lpips_backend(w: MetricWeights, flag: str = '--config.') -> Backend:
+  """LPIPS (VGG16): random with w.random_weights; unavailable, with the reason, without w.lpips_vgg."""
+  if w.random_weights:
     params = lpips.random_params(0)
-  elif args.lpips_vgg.endswith('.npz'):
-    params = lpips.load_npz(args.lpips_vgg)      # converted already (python -m convert.lpips)
-  elif args.lpips_vgg:
-    params = converters().lpips.load(args.lpips_vgg, args.lpips_lin or None)
+  elif w.lpips_vgg.endswith('.npz'):
+    params = lpips.load_npz(w.lpips_vgg)      # converted already (python -m convert.lpips)
+  elif w.lpips_vgg:
+    params = converters().lpips.load(w.lpips_vgg, w.lpips_lin or None)
   else:
-    return Backend(reason="no VGG16 weights for LPIPS: pass --lpips_vgg (torchvision's vgg16-397923af.pth, "
+    return Backend(reason=f"no VGG16 weights for LPIPS: set {flag}lpips_vgg (torchvision's vgg16-397923af.pth, "
                           "or an .npz from python -m convert.lpips)")
   fn_jit = jax.jit(lpips.lpips)
 
@@ -184,20 +230,23 @@ def lpips_backend(args) -> Backend:
     g = to_unit(gt) * 2 - 1   # eval_nvs: lpips_fn(gt*2-1, pred*2-1)
     p = to_unit(pred) * 2 - 1
     return {'lpips': np.asarray(fn_jit(params, np.broadcast_to(g, p.shape), p))}
-  return Backend(fn, random=args.random_weights)
+  return Backend(fn, random=w.random_weights)
 
 
-def raft_backend(args) -> Backend:
-  if args.random_weights:
+def raft_backend(w: MetricWeights, flag: str = '--config.', flow_batch: int = 0, cache_gt_flows: bool = False
+                 ) -> Backend:
+  """E_flow (RAFT): random with w.random_weights; unavailable, with the reason, without w.raft. `flow_batch`:
+  view sets per RAFT call (0: all); `cache_gt_flows`: keep the GT's flows (studies: one GT set at a time)."""
+  if w.random_weights:
     params = converters().raft.random_params(0)   # the fixtures' random RAFT, drawn in the original layout
   else:
-    if not args.raft:
-      return Backend(reason='no RAFT weights: pass --raft raft-things.pth (princeton-vl/RAFT models.zip)')
-    params = converters().raft.load(args.raft)
-  cache = {} if getattr(args, 'cache_gt_flows', False) else None   # studies: one set at a time, same GT
-  return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=args.flow_batch,
-                                                              gt_cache=cache)},
-                 random=args.random_weights)
+    if not w.raft:
+      return Backend(reason=f'no RAFT weights: set {flag}raft=raft-things.pth (princeton-vl/RAFT models.zip)')
+    params = converters().raft.load(w.raft)
+  cache = {} if cache_gt_flows else None
+  batch = int(flow_batch) or None
+  return Backend(lambda obj, gt, pred: {'e_flow': flow.e_flow(params, gt, pred, batch_size=batch, gt_cache=cache)},
+                 random=w.random_weights)
 
 
 def to_unit(img_u8: np.ndarray) -> np.ndarray:
@@ -222,7 +271,7 @@ def image_fn(obj, gt, pred, crop_border: bool):
 
 
 def gt_rotations(spec: str) -> Dict[str, float]:
-  """--gt_rotation 'NAME=DEG,NAME=DEG' -> {name: degrees} (finite numbers only)."""
+  """gt_rotation 'NAME=DEG,NAME=DEG' -> {name: degrees} (finite numbers only)."""
   out = {}
   for item in filter(None, (x.strip() for x in (spec or '').split(','))):
     name, sep, deg = item.partition('=')
@@ -231,31 +280,31 @@ def gt_rotations(spec: str) -> Dict[str, float]:
     except ValueError:
       value = None
     if not sep or not name or value is None or not math.isfinite(value):
-      raise UserError(f'--gt_rotation {item!r}: expected NAME=DEGREES with a finite number (e.g. mug=0)')
+      raise UserError(f'--config.gt_rotation={item!r}: expected NAME=DEGREES with a finite number (e.g. mug=0)')
     out[name] = value
   return out
 
 
-def gt_rotation_of(obj: str, args) -> float:
-  """The GT mesh rotation of object `obj`: --gt_rotation, else the GSO-eval table (UserError if unknown)."""
-  given = gt_rotations(getattr(args, 'gt_rotation', ''))
+def gt_rotation_of(obj: str, s: EvaluateSettings) -> float:
+  """The GT mesh rotation of object `obj`: s.gt_rotation, else the GSO-eval table (UserError if unknown)."""
+  given = gt_rotations(s.gt_rotation)
   if obj in given:
     return given[obj]
   try:
-    return geometry.gt_rotation_angle(obj, hint=f'pass --gt_rotation {obj}=0 if its GT mesh needs no rotation')
+    return geometry.gt_rotation_angle(obj, hint=f'set --config.gt_rotation={obj}=0 if its GT mesh needs no rotation')
   except geometry.UnknownObjectError as e:
-    raise UserError(f'--meshes: {e}') from None
+    raise UserError(f'--config.meshes: {e}') from None
 
 
-def _geometry_fn(meshes: str, args=None):
+def _geometry_fn(s: EvaluateSettings):
 
   def fn(obj, gt_dir, n):
     gt_mesh = os.path.join(gt_dir, 'model.obj')
-    paths = [mesh_path(meshes, obj, k) for k in range(n)]
+    paths = [mesh_path(s.meshes, obj, k) for k in range(n)]
     if not os.path.isfile(gt_mesh) or None in paths:
       missing = gt_mesh if not os.path.isfile(gt_mesh) else f'mesh of instance {paths.index(None)}'
       return None, f'no {missing}'
-    rotation = gt_rotation_of(obj, args)
+    rotation = gt_rotation_of(obj, s)
     try:
       rows = [geometry.evaluate(p, gt_mesh, obj, rotation=rotation) for p in paths]
     except geometry.MeshError as e:
@@ -264,11 +313,13 @@ def _geometry_fn(meshes: str, args=None):
   return fn
 
 
-def backends(args) -> Dict[str, Backend]:
+def backends(s: EvaluateSettings) -> Dict[str, Backend]:
+  """The learned metrics of a run; a weight file that fails to load makes its metric unavailable."""
   out = {}
-  for name, make in (('cd_score', _clip_backend), ('lpips', lpips_backend), ('e_flow', raft_backend)):
+  for name, make in (('cd_score', clip_backend), ('lpips', lpips_backend),
+                     ('e_flow', functools.partial(raft_backend, flow_batch=s.flow_batch))):
     try:
-      out[name] = make(args)
+      out[name] = make(s)
     except Exception as e:  # noqa: BLE001  (a bad weight file disables one metric, not the run)
       out[name] = Backend(reason=f'weights could not be loaded: {str(e).splitlines()[0]}')
   return out
@@ -276,16 +327,16 @@ def backends(args) -> Dict[str, Backend]:
 
 # ----------------------------------------------------------------------------- per object
 
-def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compiles: bool = False) -> dict:
+def evaluate_object(obj: str, s: EvaluateSettings, metric_backends: Dict[str, Backend], compiles: bool = False) -> dict:
   """Every metric of one object. `compiles` marks the first object of a process: its seconds include jit."""
-  gt_dir, pred_dir = os.path.join(args.gt, obj), os.path.join(args.pred, obj)
+  gt_dir, pred_dir = os.path.join(s.gt, obj), os.path.join(s.pred, obj)
   gt = gt_views(gt_dir)
   pred = pred_views(pred_dir, gt.shape[1])
   if gt.shape[1] != gt.shape[2]:
     raise UserError(f'{gt_dir}: views must be square, got {gt.shape[2]}x{gt.shape[1]}')
   n = pred.shape[0]
   record = {'object': obj, 'instances': n, 'per_view': {}, 'per_instance': {}, 'seconds': {}, 'cpu_seconds': {},
-            'unavailable': {}, 'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border,
+            'unavailable': {}, 'random_weights': bool(s.random_weights), 'ssim_border': s.ssim_border,
             'seconds_include_compilation': compiles}
 
   def put(values: Dict[str, np.ndarray]):
@@ -305,7 +356,7 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
     record['cpu_seconds'][name] = time.process_time() - start[1]
 
   t = clock()
-  put(image_fn(obj, gt, pred, args.ssim_border == 'crop'))
+  put(image_fn(obj, gt, pred, s.ssim_border == 'crop'))
   took('psnr_ssim', t)
   for name, b in metric_backends.items():
     if b.fn is None:
@@ -314,16 +365,16 @@ def evaluate_object(obj: str, args, metric_backends: Dict[str, Backend], compile
     t = clock()
     put(b.fn(obj, gt, pred))
     took(name, t)
-  if args.meshes:
+  if s.meshes:
     t = clock()
-    vals, why = _geometry_fn(args.meshes, args)(obj, gt_dir, n)
+    vals, why = _geometry_fn(s)(obj, gt_dir, n)
     if vals is None:
       record['unavailable']['geometry'] = why
     else:
       put(vals)
       took('geometry', t)
   else:
-    record['unavailable']['geometry'] = 'no --meshes given'
+    record['unavailable']['geometry'] = 'no meshes given (--config.meshes)'
   return record
 
 
@@ -358,10 +409,11 @@ def write_outputs(out_dir: str, records: List[dict], summary: dict) -> None:
                     '\n'.join(','.join(row) for row in stats.csv_rows(per_instance, metrics)) + '\n')
   atomic.write_json(os.path.join(out_dir, 'summary.json'), encode_nonfinite(summary))
   head = [f'# Evaluation of {len(records)} objects', '',
-          f"SSIM border: {records[0].get('ssim_border', 'crop')} (see --ssim_border); CD score as "
+          f"SSIM border: {records[0].get('ssim_border', 'crop')} (see --config.ssim_border); CD score as "
           'eval_CD_score.py + gso_nvs_statistics.py (ratio of means over all instances).', '']
   if summary['random_weights']:
-    head += ['**Random weights (--random_weights): these numbers measure nothing; they exercise the pipeline.**', '']
+    head += ['**Random weights (--config.random_weights): these numbers measure nothing; they exercise the '
+             'pipeline.**', '']
   table = stats.markdown_table(summary['summary'], summary.get('cd_score'), summary['script_nvs'])
   tail = [''] + [f'- {k}: unavailable ({why})' for k, why in summary['unavailable'].items()]
   atomic.write_text(os.path.join(out_dir, 'table.md'), '\n'.join(head) + table + '\n'.join(tail) + '\n')
@@ -398,19 +450,19 @@ def write_figure(path: str, records: List[dict], random_weights: bool) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-def objects_of(args) -> List[str]:
-  for d, what in ((args.pred, '--pred'), (args.gt, '--gt')):
+def objects_of(s: EvaluateSettings) -> List[str]:
+  for d, what in ((s.pred, '--config.pred'), (s.gt, '--config.gt')):
     if not os.path.isdir(d):
       raise UserError(f'{what} {d} is not a folder')
-  if args.objects:
-    names = args.objects.split(',')
+  if s.objects:
+    names = s.objects.split(',')
   else:
-    names = sorted(d for d in os.listdir(args.pred) if os.path.isdir(os.path.join(args.pred, d)))
+    names = sorted(d for d in os.listdir(s.pred) if os.path.isdir(os.path.join(s.pred, d)))
   if not names:
-    raise UserError(f'--pred {args.pred} holds no object folders')
-  missing = [n for n in names if not os.path.isdir(os.path.join(args.gt, n))]
+    raise UserError(f'--config.pred={s.pred} holds no object folders')
+  missing = [n for n in names if not os.path.isdir(os.path.join(s.gt, n))]
   if missing:
-    raise UserError(f'no GT folder in --gt {args.gt} for: {", ".join(missing)}')
+    raise UserError(f'no GT folder in --config.gt={s.gt} for: {", ".join(missing)}')
   return names
 
 
@@ -453,17 +505,17 @@ def load_record(path: str) -> Optional[dict]:
   return rec
 
 
-def object_inputs(obj: str, args, n: int) -> Dict[str, str]:
-  """sha256 of every file an object's numbers come from: its strips, the GT views, and with --meshes the GT
+def object_inputs(obj: str, s: EvaluateSettings, n: int) -> Dict[str, str]:
+  """sha256 of every file an object's numbers come from: its strips, the GT views, and with `meshes` the GT
   mesh and the instances' meshes (a missing one is absent, so its arrival changes the inputs too)."""
-  files = {f'pred:{obj}/{k}.png': os.path.join(args.pred, obj, f'{k}.png') for k in range(n)}
-  files.update({f'gt:{obj}/{k:03}.png': os.path.join(args.gt, obj, f'{k:03}.png') for k in range(NUM_VIEWS)})
-  if args.meshes:
-    files[f'gt:{obj}/model.obj'] = os.path.join(args.gt, obj, 'model.obj')
+  files = {f'pred:{obj}/{k}.png': os.path.join(s.pred, obj, f'{k}.png') for k in range(n)}
+  files.update({f'gt:{obj}/{k:03}.png': os.path.join(s.gt, obj, f'{k:03}.png') for k in range(NUM_VIEWS)})
+  if s.meshes:
+    files[f'gt:{obj}/model.obj'] = os.path.join(s.gt, obj, 'model.obj')
     for k in range(n):
-      p = mesh_path(args.meshes, obj, k)
+      p = mesh_path(s.meshes, obj, k)
       if p is not None:
-        files['meshes:' + os.path.relpath(p, args.meshes)] = p
+        files['meshes:' + os.path.relpath(p, s.meshes)] = p
   out = {}
   for key, path in files.items():
     if os.path.isfile(path):
@@ -477,25 +529,25 @@ def object_inputs(obj: str, args, n: int) -> Dict[str, str]:
 WEIGHT_ARGS = {'cd_score': ('clip', 'clip_tokenizer'), 'lpips': ('lpips_vgg', 'lpips_lin'), 'e_flow': ('raft',)}
 
 
-def run_settings(args, metric_backends: Dict[str, Backend]) -> dict:
-  """The settings that change an object's numbers (not --flow_batch, --progress, --out)."""
+def run_settings(s: EvaluateSettings, metric_backends: Dict[str, Backend]) -> dict:
+  """The settings that change an object's numbers (not flow_batch, progress, out)."""
   metrics = {}
   for name, b in sorted(metric_backends.items()):
     if b.fn is None:
       metrics[name] = {'available': False}
-    elif b.random or args.random_weights:
+    elif b.random or s.random_weights:
       metrics[name] = {'available': True, 'weights': 'random'}
     else:
-      metrics[name] = {'available': True, 'weights': {a: digest.weights_identity(getattr(args, a, ''))
+      metrics[name] = {'available': True, 'weights': {a: digest.weights_identity(getattr(s, a))
                                                       for a in WEIGHT_ARGS.get(name, ())}}
-  return {'random_weights': bool(args.random_weights), 'ssim_border': args.ssim_border,
-          'meshes': bool(args.meshes), 'metrics': metrics}
+  return {'random_weights': bool(s.random_weights), 'ssim_border': s.ssim_border,
+          'meshes': bool(s.meshes), 'metrics': metrics}
 
 
-def _object_settings(obj: str, args, common: dict) -> dict:
+def _object_settings(obj: str, s: EvaluateSettings, common: dict) -> dict:
   out = dict(common)
-  if args.meshes and os.path.isfile(os.path.join(args.gt, obj, 'model.obj')):
-    out['gt_rotation_deg'] = gt_rotation_of(obj, args)
+  if s.meshes and os.path.isfile(os.path.join(s.gt, obj, 'model.obj')):
+    out['gt_rotation_deg'] = gt_rotation_of(obj, s)
   return out
 
 
@@ -528,7 +580,7 @@ def _write(fn, *a):
   try:
     fn(*a)
   except OSError as e:
-    raise UserError(f'cannot write to --out: {e}') from None
+    raise UserError(f'cannot write to --config.out: {e}') from None
 
 
 def _log(msg: str) -> None:
@@ -537,35 +589,35 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- CLI (run)
 
-def run(args) -> dict:
-  names = objects_of(args)
+def run(s: EvaluateSettings) -> dict:
+  s.validate()
+  names = objects_of(s)
   counts = {}
   for n in names:   # check the whole input before any work: mismatched counts fail fast
-    counts[n] = len(instance_files(os.path.join(args.pred, n)))
-  if args.num_samples and any(c != args.num_samples for c in counts.values()):
-    bad = {n: c for n, c in counts.items() if c != args.num_samples}
-    raise UserError(f'expected {args.num_samples} strips per object (--num_samples), found {bad}')
+    counts[n] = len(instance_files(os.path.join(s.pred, n)))
+  if s.num_samples and any(c != s.num_samples for c in counts.values()):
+    bad = {n: c for n, c in counts.items() if c != s.num_samples}
+    raise UserError(f'expected {s.num_samples} strips per object (--config.num_samples), found {bad}')
   if len(set(counts.values())) > 1:
     raise UserError(f'objects have different instance counts {counts}: the statistics need the same N per '
-                    'object (pass --num_samples to name the expected count)')
-  gt_rotations(getattr(args, 'gt_rotation', ''))   # a malformed --gt_rotation fails here
-  if args.meshes:   # every GT mesh's rotation is known before any work (an unknown name is not rotation 0)
+                    'object (set --config.num_samples to name the expected count)')
+  if s.meshes:   # every GT mesh's rotation is known before any work (an unknown name is not rotation 0)
     for n in names:
-      if os.path.isfile(os.path.join(args.gt, n, 'model.obj')):
-        gt_rotation_of(n, args)
-  # --out is made when the first record is written
-  atomic.require_writable(args.out, 'cannot write to --out {folder}: {problem}')
-  metric_backends = backends(args)
-  common = run_settings(args, metric_backends)
+      if os.path.isfile(os.path.join(s.gt, n, 'model.obj')):
+        gt_rotation_of(n, s)
+  # `out` is made when the first record is written
+  atomic.require_writable(s.out, 'cannot write to --config.out={folder}: {problem}')
+  metric_backends = backends(s)
+  common = run_settings(s, metric_backends)
   plan = []   # (object, inputs, settings, stored record or None)
   reused, recompute = [], []
   for n in names:
-    inputs, settings = object_inputs(n, args, counts[n]), _object_settings(n, args, common)
-    path = os.path.join(args.out, 'objects', f'{n}.json')
+    inputs, settings = object_inputs(n, s, counts[n]), _object_settings(n, s, common)
+    path = os.path.join(s.out, 'objects', f'{n}.json')
     rec, why = None, 'no stored result'
     if os.path.isfile(path):
-      if args.overwrite:
-        why = '--overwrite'
+      if s.overwrite:
+        why = '--config.overwrite=True'
       else:
         rec = load_record(path)
         why = stale_reason(rec, counts[n], inputs, settings)
@@ -582,54 +634,29 @@ def run(args) -> dict:
   for n, why in recompute:
     _log(f'recomputing {n}: {why}')
   records, evaluated = [], 0
-  bar = tqdm(plan, desc='objects', unit='obj', disable=not args.progress)
+  bar = tqdm(plan, desc='objects', unit='obj', disable=not s.progress)
   for n, inputs, settings, rec in bar:
     if rec is None:
       bar.set_postfix_str(n)
-      rec = evaluate_object(n, args, metric_backends, compiles=not evaluated)
+      rec = evaluate_object(n, s, metric_backends, compiles=not evaluated)
       rec['inputs'], rec['settings'] = inputs, settings
       evaluated += 1
-      _write(atomic.write_json, os.path.join(args.out, 'objects', f'{n}.json'), encode_nonfinite(rec))
+      _write(atomic.write_json, os.path.join(s.out, 'objects', f'{n}.json'), encode_nonfinite(rec))
     records.append(rec)
   summary = summarize(records)
-  _write(write_outputs, args.out, records, summary)
+  _write(write_outputs, s.out, records, summary)
   return summary
 
 
-def parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(prog='python -m hv_jax.evaluate', description=__doc__.splitlines()[0])
-  p.add_argument('--pred', required=True, help='folder of <object>/<k>.png strips (the sampler output)')
-  p.add_argument('--gt', required=True, help='GSO-eval folder: <object>/000.png … 015.png, model.obj')
-  p.add_argument('--out', required=True, help='results folder')
-  p.add_argument('--objects', default='', help='comma list (default: every object folder in --pred)')
-  p.add_argument('--num_samples', type=int, default=0, help='expected strips per object (0: any, but equal)')
-  p.add_argument('--meshes', default='', help='folder of <object>-<k>-neus/mesh.ply (Chamfer, volume IoU)')
-  p.add_argument('--gt_rotation', default='',
-                 help='NAME=DEG[,NAME=DEG]: GT mesh rotation of objects that are not GSO-eval objects (0: none)')
-  p.add_argument('--clip', default='', help='CLIP weights: Hugging Face CLIPModel folder or OpenAI ViT-L-14.pt')
-  p.add_argument('--clip_tokenizer', default='', help='folder with vocab.json + merges.txt (default: --clip)')
-  p.add_argument('--lpips_vgg', default='', help="torchvision VGG16 weights (vgg16-397923af.pth)")
-  p.add_argument('--lpips_lin', default='', help="LPIPS linear heads (default: the lpips package's v0.1/vgg.pth)")
-  p.add_argument('--raft', default='', help='RAFT weights (raft-things.pth)')
-  p.add_argument('--ssim_border', choices=('crop', 'full'), default='crop',
-                 help="crop: average the SSIM map without its 5-pixel border, as torchmetrics did before PR #2721 "
-                      "(Sep 2024) and so as HarmonyView's 2023 evaluation computed it; full: torchmetrics >= that fix")
-  p.add_argument('--flow_batch', type=int, default=None, help='view sets per RAFT call (lower to save memory)')
-  p.add_argument('--random_weights', action='store_true', help='random weights for every learned metric')
-  p.add_argument('--overwrite', action='store_true', help='recompute objects that already have results')
-  p.add_argument('--no_progress', dest='progress', action='store_false')
-  return p
+def evaluate(s: EvaluateSettings) -> int:
+  summary = run(s)
+  print(open(os.path.join(s.out, 'table.md')).read())
+  return 0 if summary else 1
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
-  try:
-    summary = run(args)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(open(os.path.join(args.out, 'table.md')).read())
-  return 0 if summary else 1
+  return cli.main(argv, EvaluateSettings, evaluate, prog='python -m hv_jax.evaluate', doc=__doc__,
+                  default=lambda: settings_lib.config_dict(EvaluateSettings))
 
 
 if __name__ == '__main__':

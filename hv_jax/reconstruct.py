@@ -6,28 +6,30 @@
 Add --config.gt_mesh=model.obj (and --config.gt_name=OBJ) to get Chamfer / volume IoU in metrics.json. The
 GT rotation is chosen by gt_name (default: the input folder's name, or the folder holding the input strip),
 which must be one of the 30 GSO-eval objects; for another GT mesh set --config.gt_rotation=DEG (0: none).
-The logic lives in `hv_jax.neus.pipeline.run`; this file only parses flags (hv_jax.cli: any mistake is one line).
+Every setting: `hv_jax.neus.pipeline.ReconstructSettings` (--help lists them). The logic lives in
+`hv_jax.neus.pipeline.run`; this file only reads the settings (hv_jax.cli: any mistake is one line).
 """
+import sys
+
 from absl import logging
 
 from hv_jax import cli
 from hv_jax.neus import pipeline
 
-_CONFIG = cli.define_config('Reconstruction config (configs/neus*.py).')
 
-
-def main(config) -> int:
-  m = pipeline.run(config)
+def reconstruct(s: pipeline.ReconstructSettings) -> int:
+  m = pipeline.run(s)
   geo = m.get('geometry')
   extra = f", chamfer {geo['chamfer']:.5f}, IoU {geo['iou']:.4f}" if geo else ''
-  print(f"done: {config.output_dir}/mesh.ply ({m['mesh']['faces']} faces) in {m['seconds']['total']:.0f} s{extra}")
+  print(f"done: {s.output_dir}/mesh.ply ({m['mesh']['faces']} faces) in {m['seconds']['total']:.0f} s{extra}")
   return 0
 
 
-def run_main():
+def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
-  cli.run(main, _CONFIG, 'pass --config=configs/neus_fast.py (or configs/neus.py)')
+  return cli.main(argv, pipeline.ReconstructSettings, reconstruct, prog='python -m hv_jax.reconstruct', doc=__doc__,
+                  missing_hint='pass --config=configs/neus_fast.py (or configs/neus.py)')
 
 
 if __name__ == '__main__':
-  run_main()
+  sys.exit(main())

@@ -3,16 +3,17 @@
   python -m hv_jax.sample --config=configs/demo.py                       # tiny random model, a few minutes on CPU
   python -m hv_jax.sample --config=configs/gso.py --config.input=gso-eval --config.checkpoint=checkpoints/syncdreamer
 
-Every config field can be overridden (`--config.s1=1.5`, `--config.sample_num=8`). The logic lives in
-`hv_jax.sampling.pipeline.run`; this file only parses flags (hv_jax.cli: any mistake is one line) and hands
-the library the converter of a `.ckpt` checkpoint (`convert_ckpt`).
+Every setting (`hv_jax.sampling.pipeline.SampleSettings`, --help lists them) can be overridden
+(`--config.s1=1.5`, `--config.sample_num=8`). The logic lives in `hv_jax.sampling.pipeline.run`; this file
+only reads the settings (hv_jax.cli: any mistake is one line) and hands the library the converter of a
+`.ckpt` checkpoint (`convert_ckpt`).
 """
+import sys
+
 from absl import logging
 
 from hv_jax import cli
 from hv_jax.sampling import pipeline
-
-_CONFIG = cli.define_config('Sampling config file (configs/*.py).')
 
 
 def convert_ckpt(ckpt: str, out: str, model_config) -> None:
@@ -26,18 +27,19 @@ def convert_ckpt(ckpt: str, out: str, model_config) -> None:
   syncdreamer.convert_for_sampler(ckpt, out, model_config)
 
 
-def main(config) -> int:
-  manifests = pipeline.run(config, convert_ckpt=convert_ckpt)
+def sample(s: pipeline.SampleSettings) -> int:
+  manifests = pipeline.run(s, convert_ckpt=convert_ckpt)
   for name in manifests:
-    logging.info('wrote %s/%s', config.output_dir, name)
-  print(f'done: {len(manifests)} input(s) in {config.output_dir}')
+    logging.info('wrote %s/%s', s.output_dir, name)
+  print(f'done: {len(manifests)} input(s) in {s.output_dir}')
   return 0
 
 
-def run_main():
+def main(argv=None) -> int:
   logging.set_verbosity(logging.INFO)
-  cli.run(main, _CONFIG, 'pass --config=configs/gso.py (or configs/demo.py)')
+  return cli.main(argv, pipeline.SampleSettings, sample, prog='python -m hv_jax.sample', doc=__doc__,
+                  missing_hint='pass --config=configs/gso.py (or configs/demo.py)')
 
 
 if __name__ == '__main__':
-  run_main()
+  sys.exit(main())

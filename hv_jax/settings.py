@@ -1,8 +1,11 @@
-"""Frozen settings dataclasses from plain dicts (JSON, `ConfigDict.to_dict()`), strictly.
+"""Frozen settings dataclasses from plain dicts (JSON, `ConfigDict.to_dict()`), strictly, and back.
 
 `from_dict(cls, d)` is the one reader of the project's settings dataclasses (`ModelConfig`, `CLIPModelConfig`,
-`NeuSConfig`): a key that names no field is an error that says which key, where, and the closest field name,
-so a typo in a config file is reported instead of silently giving the default.
+`NeuSConfig`, and each command's settings: `SampleSettings`, `ReconstructSettings`, ...): a key that names no
+field is an error that says which key, where, and the closest field name, so a typo in a config file is
+reported instead of silently giving the default. `config_dict(cls)` is the other direction: the ConfigDict of
+a dataclass's defaults, which config files (configs/*.py) start from, so the dataclasses are the one place
+where a setting's default and its meaning are written.
 
   from_dict(ModelConfig, {'unet': {'model_chanels': 32}})
   -> SettingsError: ModelConfig: unknown key 'unet.model_chanels' (UNetConfig has no such field); did you
@@ -13,8 +16,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
+import json
+import re
 import typing
-from typing import Any, Mapping, Type, TypeVar
+from typing import Any, Mapping, Type, TypeVar, Union
+
+import ml_collections
 
 T = TypeVar('T')
 
@@ -43,6 +51,8 @@ def _convert(tp, value, path: str, root: str):
   if dataclasses.is_dataclass(tp) and isinstance(tp, type):
     if isinstance(value, tp):
       return value
+    if 'from_dict' in vars(tp):      # a block that reads itself (NeuSConfig: the sdf field's kind)
+      return tp.from_dict(value, path=path, root=root)
     return from_dict(tp, value, path=path, root=root)
   if (tp is tuple or typing.get_origin(tp) is tuple) and isinstance(value, (list, tuple)):
     args = typing.get_args(tp)
@@ -84,3 +94,59 @@ def from_dict(cls: Type[T], d: Mapping[str, Any], *, path: str = '', root: str =
       raise SettingsError(unknown_key_message(key, path, cls, types, root))
     kw[key] = _convert(types[key], value, f'{path}.{key}' if path else str(key), root)
   return cls(**kw)
+
+
+def _config_value(value, tp):
+  """A field's value as a ConfigDict entry: nested dataclasses as ConfigDicts, None as a typed placeholder
+  (so `--config.x=...` can set it), anything else as it is."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if 'to_dict' in vars(type(value)):     # a block that writes itself (NeuSConfig: the sdf field's kind)
+      return ml_collections.ConfigDict(value.to_dict())
+    return config_dict(value)
+  if value is None:
+    inner = _unwrap_optional(tp)
+    return ml_collections.config_dict.placeholder(inner if isinstance(inner, type) else object)
+  return value
+
+
+def config_dict(settings: Union[type, Any]) -> ml_collections.ConfigDict:
+  """The ConfigDict of a settings dataclass: its defaults (a class) or an instance's values.
+
+  Nested dataclass fields become nested ConfigDicts, tuples stay tuples, an Optional field that is None a
+  placeholder of its type. `from_dict(cls, config_dict(cls).to_dict()) == cls()`. Config files start from
+  it (`c = config_dict(SampleSettings)`, then set what differs) and commands without a config file use it as
+  their default config.
+  """
+  instance = settings() if isinstance(settings, type) else settings
+  if 'to_dict' in vars(type(instance)):      # a block that writes itself (NeuSConfig: the sdf field's kind)
+    return ml_collections.ConfigDict(instance.to_dict())
+  types = _field_types(type(instance))
+  c = ml_collections.ConfigDict()
+  for f in dataclasses.fields(instance):
+    if f.init:
+      c[f.name] = _config_value(getattr(instance, f.name), types[f.name])
+  return c
+
+
+def field_docs(cls: type, prefix: str = '') -> dict:
+  """{dotted field name: its comment in the class body} (`name: type = default  # what it means`), nested
+  dataclass fields included: the field docs that `--help` prints."""
+  docs = {}
+  for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):   # inherited fields too
+    try:
+      source = inspect.getsource(klass)
+    except (OSError, TypeError):
+      continue
+    for m in re.finditer(r'^\s+(\w+):[^#\n]*#\s*(.+)$', source, re.M):
+      docs[prefix + m.group(1)] = m.group(2).strip()
+  for f in dataclasses.fields(cls):
+    tp = _unwrap_optional(_field_types(cls).get(f.name)) if f.init else None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+      docs.update(field_docs(tp, f'{prefix}{f.name}.'))
+  return docs
+
+
+def as_json(instance) -> dict:
+  """A settings dataclass as plain JSON values: nested blocks as dicts (a block's own `to_dict` where it has
+  one: NeuSConfig's sdf kind), tuples as lists. What manifests and identities record."""
+  return json.loads(json.dumps(config_dict(instance).to_dict(), allow_nan=True))

@@ -47,11 +47,12 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
 
 
 @pytest.mark.parametrize('module,args', [
-    ('hv_jax.evaluate', ['--pred', 'x']),
-    ('hv_jax.evaluate_mesh', ['--gt', 'model.obj']),
-    ('experiments.report', []),
-    ('convert.syncdreamer', ['--ckpt']),
+    ('hv_jax.evaluate', ['--pred', 'x']),                   # the old spelling: an unknown flag
+    ('hv_jax.evaluate_mesh', ['--config.gt']),              # no value
+    ('experiments.report', ['--config.result=x']),          # no such field
+    ('convert.syncdreamer', ['--config.ckpt=a', 'b']),      # a stray argument
     ('convert.lpips', ['--unknown']),
+    ('hv_jax.sample', [f'--config={P.ROOT / "configs" / "demo.py"}', '--config.eta=abc']),   # not a number
 ])
 def test_flag_mistakes_of_the_other_clis_are_one_line(module, args, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(P.ROOT), JAX_PLATFORMS='cpu')

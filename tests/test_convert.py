@@ -109,8 +109,8 @@ def _assert_failed_cleanly(rc, err, out_dir, *needles):
 @needs_fixtures
 def test_cli_converts_and_restores(tmp_path):
   out = tmp_path / 'ckpt'
-  rc, stdout, err = _cli('--ckpt', str(P.CKPT), '--model-config', str(P.PARITY_DIR / 'config.json'),
-                         '--out', str(out))
+  rc, stdout, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.model={P.PARITY_DIR / "config.json"}',
+                         f'--config.out={out}')
   assert rc == 0, err
   assert 'unused on purpose' in stdout and 'betas' in stdout
   meta = json.loads((out / 'conversion.json').read_text())
@@ -144,14 +144,14 @@ def test_separate_openai_clip_file(tmp_path):
                                 progress=False)
   chex.assert_trees_all_equal(params, P.converted_params())
   assert any(k == 'transformer.resblocks.0.attn.in_proj_weight' for k, _ in report.unused)
-  with pytest.raises(conv.ConversionError, match='--clip'):
+  with pytest.raises(conv.ConversionError, match='--config.clip'):
     conv.convert(str(tmp_path / 'noclip.ckpt'), P.model_config(), progress=False)
 
 
 @needs_fixtures
 def test_missing_checkpoint(tmp_path):
   out = str(tmp_path / 'out')
-  rc, _, err = _cli('--ckpt', str(tmp_path / 'nope.ckpt'), '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={tmp_path / "nope.ckpt"}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not found', 'nope.ckpt')
 
 
@@ -160,7 +160,7 @@ def test_truncated_checkpoint(tmp_path):
   bad = tmp_path / 'truncated.ckpt'
   bad.write_bytes(P.CKPT.read_bytes()[: 1 << 20])
   out = str(tmp_path / 'out')
-  rc, _, err = _cli('--ckpt', str(bad), '--model-config', str(P.PARITY_DIR / 'config.json'), '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={bad}', f'--config.model={P.PARITY_DIR / "config.json"}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not a readable PyTorch checkpoint')
 
 
@@ -169,11 +169,11 @@ def test_not_a_syncdreamer_checkpoint(tmp_path):
   other = tmp_path / 'other.ckpt'
   torch.save({'state_dict': {'encoder.weight': torch.zeros(3, 3)}}, other)
   out = str(tmp_path / 'out')
-  rc, _, err = _cli('--ckpt', str(other), '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={other}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not a SyncDreamer checkpoint')
   garbage = tmp_path / 'garbage.ckpt'
   garbage.write_bytes(b'not a checkpoint at all' * 100)
-  rc, _, err = _cli('--ckpt', str(garbage), '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={garbage}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not a readable PyTorch checkpoint')
 
 
@@ -181,7 +181,7 @@ def test_not_a_syncdreamer_checkpoint(tmp_path):
 def test_config_that_does_not_match_the_checkpoint(tmp_path):
   out = str(tmp_path / 'out')
   cfg = _tiny_config_file(tmp_path, unet__model_channels=64)
-  rc, _, err = _cli('--ckpt', str(P.CKPT), '--model-config', cfg, '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.model={cfg}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'does not match the model config', 'mis-shaped key: model.diffusion_model.')
 
 
@@ -193,7 +193,7 @@ def test_extra_and_missing_keys_are_named(tmp_path):
   bad = tmp_path / 'edited.ckpt'
   torch.save({'state_dict': sd}, bad)
   out = str(tmp_path / 'out')
-  rc, _, err = _cli('--ckpt', str(bad), '--model-config', str(P.PARITY_DIR / 'config.json'), '--out', out)
+  rc, _, err = _cli(f'--config.ckpt={bad}', f'--config.model={P.PARITY_DIR / "config.json"}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'model.diffusion_model.extra_layer.weight', 'missing', 'cc_projection/bias')
 
 
@@ -202,7 +202,7 @@ def test_existing_output_is_not_clobbered(tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  rc, _, err = _cli('--ckpt', str(P.CKPT), '--out', str(out))
+  rc, _, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.out={out}')
   assert rc != 0 and 'exists' in err and 'Traceback' not in err
   assert (out / 'keep.txt').read_text() == 'mine'
 
@@ -251,14 +251,14 @@ def test_config_mismatch_is_named_with_its_likely_cause(tmp_path):
   """The tiny checkpoint with the default (full-size) config: a config mismatch, not 'missing CLIP weights'."""
   before = _tree(tmp_path)
   out = tmp_path / 'new' / 'nested' / 'out'     # its parents do not exist: the CLI must not leave them behind
-  rc, stdout, err = _cli('--ckpt', str(P.CKPT), '--out', str(out), '--quiet')
+  rc, stdout, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.out={out}', '--config.quiet=True')
   assert rc == 2, err
   line, listed = _error_lines(err)
   assert 'does not match the model config (full size)' in line
   assert 'mis-shaped keys (e.g. first_stage_model.encoder.conv_in.weight' in line
   assert line.endswith('the checkpoint looks like the tiny SyncDreamer (the demo and parity-fixture size): '
-                       'pass its model config with --model-config tiny'), line
-  assert '--clip' not in err and 'CLIP' not in line
+                       'pass its model config with --config.model=tiny'), line
+  assert '--config.clip' not in err and 'CLIP' not in line
   n_mis = int(line.split(' mis-shaped keys')[0].rsplit(' ', 1)[1])
   n_missing = int(line.split(' missing')[0].rsplit(' ', 1)[1])
   assert n_mis > 1000
@@ -266,7 +266,7 @@ def test_config_mismatch_is_named_with_its_likely_cause(tmp_path):
   assert sum(x.startswith('  missing ') for x in listed) == n_missing
   assert any(x.startswith(f'  mis-shaped key: {conv.CLIP_PREFIX}conv1.weight') for x in listed)
   assert _tree(tmp_path) == before and not (tmp_path / 'new').exists()
-  # The suggested fix works (`--model-config tiny` is that same config; in-process here to save a start-up).
+  # The suggested fix works (`--config.model=tiny` is that same config; in-process here to save a start-up).
   conv.run(str(P.CKPT), str(out), model_config='tiny', verbose=False)
   assert checkpoint.load_config(str(out)) == P.model_config()
 
@@ -279,16 +279,15 @@ def test_full_size_keys_with_the_tiny_config_point_to_the_full_size():
   tiny = conv.named_model_config('tiny')
   report = conv.check_manifest(shapes.items(), tiny)
   assert report.misshaped and report.unmapped
-  line = conv.mismatch_message('full.ckpt', tiny, report, shapes, 'cli')
+  line = conv.mismatch_message('full.ckpt', tiny, report, shapes)
   assert line.startswith('full.ckpt does not match the model config (tiny): ')
   assert line.endswith('the checkpoint looks like the full-size SyncDreamer: pass its model config with '
-                       '--model-config full'), line
-  assert conv.mismatch_message('full.ckpt', tiny, report, shapes, 'sampler').endswith('--config.model=full')
+                       '--config.model=full'), line     # the converter's and the sampler's spelling
   # Neither size: say so, and ask for the dims as JSON.
   other = dataclasses.replace(tiny, unet=dataclasses.replace(tiny.unet, model_channels=64))
   shapes['model.diffusion_model.input_blocks.0.0.weight'] = (64, 8, 3, 3)
   report = conv.check_manifest(shapes.items(), other)
-  assert conv.mismatch_message('x.ckpt', other, report, shapes, 'sampler').endswith(
+  assert conv.mismatch_message('x.ckpt', other, report, shapes).endswith(
       'neither the full-size nor the tiny SyncDreamer: pass its dims as JSON with --config.model=PATH.json')
 
 
@@ -297,12 +296,12 @@ def test_missing_clip_tower_suggests_clip_from_the_cli(tmp_path):
   ckpt = _no_clip_ckpt(tmp_path)
   out = tmp_path / 'a' / 'out'
   before = _tree(tmp_path)
-  rc, _, err = _cli('--ckpt', str(ckpt), '--model-config', 'tiny', '--out', str(out), '--quiet')
+  rc, _, err = _cli(f'--config.ckpt={ckpt}', '--config.model=tiny', f'--config.out={out}', '--config.quiet=True')
   assert rc == 2
   line, listed = _error_lines(err)
   assert not listed
   assert line == (f'error: {ckpt} has no CLIP image tower (no clip_image_encoder.model.visual.* weights): '
-                  'pass the OpenAI CLIP file with --clip ViT-L-14.pt')
+                  'pass the OpenAI CLIP file with --config.clip=ViT-L-14.pt')
   assert _tree(tmp_path) == before
 
 
@@ -320,17 +319,17 @@ def test_sampler_first_use_conversion_errors_are_one_line_for_the_sampler(tmp_pa
   assert '\n' not in msg
   assert msg.startswith(f'{ckpt} does not match the model config (full size): ') and ' mis-shaped keys (e.g. ' in msg
   assert msg.endswith('pass its model config with --config.model=tiny'), msg
-  assert '--model-config' not in msg and '--clip' not in msg
+  assert '--config.clip' not in msg                      # no flag of the converter alone
   assert _tree(tmp_path) == before            # no cache folder, no folder above it, no .convert-* folder
-  # No CLIP tower: the sampler has no --clip; the message says how to convert with one. Default cache
+  # No CLIP tower: the sampler has no clip field; the message says how to convert with one. Default cache
   # (<ckpt>.hv_jax beside it): not created either.
   noclip = _no_clip_ckpt(tmp_path)
   before = _tree(tmp_path)
   with pytest.raises(pipeline.UserError) as e:
     pipeline.convert_cached(noclip, P.model_config(), None, conv.convert_for_sampler)
   assert str(e.value) == (f'{noclip} has no CLIP image tower (no clip_image_encoder.model.visual.* weights): the '
-                          f'sampler cannot add one; convert it once with python -m convert.syncdreamer --ckpt '
-                          f'{noclip} --clip ViT-L-14.pt --out DIR and pass --config.checkpoint=DIR')
+                          f'sampler cannot add one; convert it once with python -m convert.syncdreamer --config.ckpt='
+                          f'{noclip} --config.clip=ViT-L-14.pt --config.out=DIR and pass --config.checkpoint=DIR')
   assert _tree(tmp_path) == before
 
 

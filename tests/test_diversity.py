@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,10 +26,10 @@ UNITS = 4        # 1 input x 2 instances x 2 settings: HarmonyView (s1, s2) = (0
                  # mode = one compilation per device count (a CFG setting would add one: its branches differ)
 
 CONFIG = """
-from experiments.configs import demo_sweep
+from hv_jax import cli
 
 def get_config():
-  c = demo_sweep.get_config()
+  c = cli.load_config({demo_sweep!r})
   c.data.path = {data!r}
   c.data.tfds_dir = {tfds!r}
   c.data.max_inputs = 1
@@ -56,13 +55,14 @@ def work(tmp_path_factory):
 
 def _config_file(work: pathlib.Path, name: str, batch: int = 1) -> pathlib.Path:
   path = work / f'{name}_config.py'
-  path.write_text(CONFIG.format(data=str(GSO), tfds=str(work / 'tfds'), out=str(work / name), batch=batch))
+  path.write_text(CONFIG.format(demo_sweep=str(P.ROOT / 'experiments' / 'configs' / 'demo_sweep.py'), data=str(GSO),
+                                tfds=str(work / 'tfds'), out=str(work / name), batch=batch))
   return path
 
 
 def _env(work: pathlib.Path, devices: int = 1) -> dict:
-  """The session's compilation cache (tests/conftest.py) where there is one: a 1-device run then reads the
-  programs the other tests' 1-device processes compiled (the demo sampler, the random init)."""
+  """JAX's persistent compilation cache: the session's (tests/conftest.py) where there is one, so the runs of
+  this module (and other tests' processes with the same device count) read back what an earlier run compiled."""
   env = dict(os.environ, PYTHONPATH=str(P.ROOT), JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', str(work / 'jax_cache')),
@@ -118,7 +118,7 @@ def _assert_same_results(a: pathlib.Path, b: pathlib.Path):
 # ----------------------------------------------------------------------------- the plan
 
 def _sweep(s1=(0.0, 2.0), s2=(1.0,), cfg=(2.0,), none=False):
-  return ml_collections.ConfigDict({'s1': list(s1), 's2': list(s2), 'cfg': list(cfg), 'none': none})
+  return diversity.SweepSettings(s1=tuple(s1), s2=tuple(s2), cfg=tuple(cfg), none=none)
 
 
 def test_grid_split_and_common_random_numbers():
@@ -197,7 +197,7 @@ def test_kill_9_and_restart_lose_and_duplicate_nothing(work, reference):
   from experiments import report
   tables = []
   for r in (reference, root):
-    assert report.main([str(r), '--out', str(work / f'report_{r.name}')]) == 0
+    assert report.main([f'--config.results={r}', f'--config.out={work / f"report_{r.name}"}']) == 0
     tables.append((work / f'report_{r.name}' / 'table.csv').read_text())
   assert tables[0] == tables[1]
 
@@ -260,14 +260,15 @@ def test_restart_with_a_changed_input_is_refused(work, reference, tmp_path):
 
 
 def _demo_study(tmp_path, **kw):
-  from experiments.configs import demo_sweep
-  c = demo_sweep.get_config()
+  """experiments/configs/demo_sweep.py's StudySettings, 1 input, 2 steps, with the (dotted) fields `kw` set."""
+  from hv_jax import cli, settings
+  c = cli.load_config(P.ROOT / 'experiments' / 'configs' / 'demo_sweep.py')
   c.output_dir = str(tmp_path / 'study')
   c.data.max_inputs, c.sample_steps, c.progress = 1, 2, False
   for k, v in kw.items():
     sub, _, field = k.rpartition('.')
     (c[sub] if sub else c)[field] = v
-  return c
+  return settings.from_dict(diversity.StudySettings, c.to_dict())
 
 
 @pytest.mark.parametrize('field,value,needle', [
@@ -288,8 +289,7 @@ def test_bad_study_settings_are_one_line_and_leave_no_folder(tmp_path, field, va
 
 
 def test_gso_build_goes_into_the_study_folder_by_default(tmp_path):
-  c = _demo_study(tmp_path)
-  c.data.tfds_dir = ''
+  c = _demo_study(tmp_path, **{'data.tfds_dir': ''})
   records = diversity.load_records(c)
   assert [r['name'] for r in records] == ['bell']
   assert (tmp_path / 'study' / 'tfds' / 'gso_eval').is_dir()

@@ -63,14 +63,14 @@ def test_cli_outputs_and_resume(tmp_path, capsys):
   _write_preds(tmp_path / 'pred' / 'cream', gt / 'cream', [0., 4., 16.])
   _write_preds(tmp_path / 'pred' / 'soap', gt / 'soap', [0., 4., 16.])
   out = tmp_path / 'out'
-  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress']
+  argv = [f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}', '--config.progress=False']
   assert evaluate.main(argv) == 0
   rec = evaluate.load_record(out / 'objects' / 'cream.json')     # PSNR inf is stored as the string 'inf'
   psnr, ssim = rec['per_instance']['psnr'], rec['per_instance']['ssim']
   assert psnr[0] == float('inf') and abs(ssim[0] - 1) < 1e-6          # GT against itself
   assert psnr[1] > psnr[2] and ssim[0] > ssim[1] > ssim[2]          # more noise, worse
   assert set(rec['unavailable']) == {'cd_score', 'lpips', 'e_flow', 'geometry'}
-  assert 'pass --raft' in rec['unavailable']['e_flow']
+  assert 'set --config.raft' in rec['unavailable']['e_flow']
   # the first object of a process pays compilation: its seconds say so (benchmarks/evaluate.py reports it apart)
   assert rec['seconds_include_compilation'] is True
   assert json.load(open(out / 'objects' / 'soap.json'))['seconds_include_compilation'] is False
@@ -85,7 +85,7 @@ def test_cli_outputs_and_resume(tmp_path, capsys):
 
 
 def _error(argv, capsys):
-  assert evaluate.main(argv + ['--no_progress']) == 2
+  assert evaluate.main(argv + ['--config.progress=False']) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ')
   return err[0]
@@ -94,18 +94,18 @@ def _error(argv, capsys):
 def test_bad_inputs(tmp_path, capsys):
   gt = _gt(tmp_path, ('cream', 'soap'))
   pred = tmp_path / 'pred'
-  base = ['--gt', str(gt), '--out', str(tmp_path / 'out')]
+  base = [f'--config.gt={gt}', f'--config.out={tmp_path / "out"}']
   _write_preds(pred / 'cream', gt / 'cream', [0., 1.])
   _write_preds(pred / 'soap', gt / 'soap', [0.])
-  assert 'different instance counts' in _error(['--pred', str(pred)] + base, capsys)
-  assert 'expected 2 strips' in _error(['--pred', str(pred), '--num_samples', '2'] + base, capsys)
+  assert 'different instance counts' in _error([f'--config.pred={pred}'] + base, capsys)
+  assert 'expected 2 strips' in _error([f'--config.pred={pred}', '--config.num_samples=2'] + base, capsys)
   Image.fromarray(np.zeros((256, 2048, 3), np.uint8)).save(pred / 'soap' / '0.png')
-  assert 'expected 4096x256' in _error(['--pred', str(pred), '--objects', 'soap'] + base, capsys)
+  assert 'expected 4096x256' in _error([f'--config.pred={pred}', '--config.objects=soap'] + base, capsys)
   os.remove(gt / 'cream' / '007.png')
-  assert '007.png' in _error(['--pred', str(pred), '--objects', 'cream'] + base, capsys)
-  assert 'no GT folder' in _error(['--pred', str(pred), '--objects', 'teapot'] + base, capsys)
+  assert '007.png' in _error([f'--config.pred={pred}', '--config.objects=cream'] + base, capsys)
+  assert 'no GT folder' in _error([f'--config.pred={pred}', '--config.objects=teapot'] + base, capsys)
   os.remove(pred / 'cream' / '0.png')
-  assert 'without gaps' in _error(['--pred', str(pred), '--objects', 'cream'] + base, capsys)
+  assert 'without gaps' in _error([f'--config.pred={pred}', '--config.objects=cream'] + base, capsys)
   assert not (tmp_path / 'out').exists()                            # nothing was written: no folder either
 
 
@@ -113,7 +113,6 @@ def test_every_metric_wired(tmp_path):
   """All learned metrics through evaluate_object on small real views (random LPIPS/RAFT weights, the tiny
   recorded CLIP): GT against itself gives PSNR inf, SSIM 1, LPIPS 0 and E_flow 0; noise makes them worse
   (monotonic growth with strength: tests/test_image_metrics.py)."""
-  import argparse
   from convert import clip as convert_clip
   from tests import parity as P
   gt = tmp_path / 'gt' / 'cream'
@@ -124,8 +123,7 @@ def test_every_metric_wired(tmp_path):
     rgba[..., 3] = np.where(rgba[..., 3] >= 128, 255, 0)
     Image.fromarray(rgba).save(gt / f'{k:03}.png')
   _write_preds(tmp_path / 'pred' / 'cream', gt, [0., 24.])
-  args = argparse.Namespace(gt=str(tmp_path / 'gt'), pred=str(tmp_path / 'pred'), random_weights=True,
-                            flow_batch=None, meshes='', ssim_border='crop')
+  args = evaluate.EvaluateSettings(gt=str(tmp_path / 'gt'), pred=str(tmp_path / 'pred'), random_weights=True)
   params, config, _ = convert_clip.load(str(P.PARITY_DIR / 'cd_clip_tiny'))
   ids = P.fixtures()['cd_text_ids']
   backends = {'cd_score': evaluate.cd_backend(params, config, lambda prompt: ids),
@@ -153,14 +151,15 @@ def test_meshes_give_chamfer_and_iou(tmp_path):
   m = geometry.load_mesh(CREAM / 'model.obj')
   write_ply(tmp_path / 'meshes' / 'cream-0-neus' / 'mesh.ply', geometry.normalize_gt(m.vertices, 0.), m.faces)
   out = tmp_path / 'out'
-  assert evaluate.main(['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress',
-                        '--meshes', str(tmp_path / 'meshes')]) == 0
+  assert evaluate.main([f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}',
+                        '--config.progress=False', f'--config.meshes={tmp_path / "meshes"}']) == 0
   rec = json.load(open(out / 'objects' / 'cream.json'))
   assert rec['per_instance']['chamfer'][0] < 1e-3 and rec['per_instance']['iou'][0] > 0.99
   assert 'Chamfer ↓' in (out / 'table.md').read_text()
   os.remove(tmp_path / 'meshes' / 'cream-0-neus' / 'mesh.ply')
-  assert evaluate.main(['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--no_progress',
-                        '--meshes', str(tmp_path / 'meshes'), '--overwrite']) == 0
+  assert evaluate.main([f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}',
+                        '--config.progress=False', f'--config.meshes={tmp_path / "meshes"}',
+                        '--config.overwrite=True']) == 0
   assert 'mesh of instance 0' in json.load(open(out / 'objects' / 'cream.json'))['unavailable']['geometry']
 
 
@@ -186,7 +185,7 @@ def _strict_json(path):
 
 
 def _run(argv, capsys):
-  code = evaluate.main(argv + ['--no_progress'])
+  code = evaluate.main(argv + ['--config.progress=False'])
   return code, [l for l in capsys.readouterr().err.splitlines() if l.startswith(('evaluate: ', 'error: '))]
 
 
@@ -195,7 +194,7 @@ def test_same_inputs_are_reused_and_logged(tmp_path, capsys):
   for n in ('cream', 'soap'):
     _write_preds(tmp_path / 'pred' / n, gt / n, [0., 8.])
   out = tmp_path / 'out'
-  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out)]
+  argv = [f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}']
   assert _run(argv, capsys) == (0, [])
   rec = _strict_json(out / 'objects' / 'cream.json')            # valid JSON: inf is the string 'inf'
   assert rec['per_instance']['psnr'][0] == 'inf' and rec['per_view']['psnr'][0][0] == 'inf'
@@ -216,7 +215,7 @@ def test_changed_strips_gt_or_settings_are_recomputed_and_logged(tmp_path, capsy
   for n in ('cream', 'soap'):
     _write_preds(tmp_path / 'pred' / n, gt / n, [0., 8.])
   out = tmp_path / 'out'
-  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out)]
+  argv = [f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}']
   assert _run(argv, capsys)[0] == 0
   old = evaluate.load_record(out / 'objects' / 'cream.json')['per_instance']['psnr']
   _write_preds(tmp_path / 'pred' / 'cream', gt / 'cream', [0., 30.], seed=1)        # strips replaced
@@ -229,13 +228,13 @@ def test_changed_strips_gt_or_settings_are_recomputed_and_logged(tmp_path, capsy
   Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(gt / 'soap' / '003.png')
   code, log = _run(argv, capsys)
   assert code == 0 and log[1] == 'evaluate: recomputing soap: GT files changed since the stored result (soap/003.png)'
-  code, log = _run(argv + ['--ssim_border', 'full'], capsys)
+  code, log = _run(argv + ['--config.ssim_border=full'], capsys)
   assert code == 0 and log == [f'evaluate: recomputing {n}: settings changed since the stored result (ssim_border)'
                                for n in ('cream', 'soap')]
   rec = json.loads((out / 'objects' / 'soap.json').read_text())
   del rec['inputs']                                                 # a record of an older version
   (out / 'objects' / 'soap.json').write_text(json.dumps(rec))
-  code, log = _run(argv + ['--ssim_border', 'full'], capsys)
+  code, log = _run(argv + ['--config.ssim_border=full'], capsys)
   assert code == 0 and log[1] == ('evaluate: recomputing soap: the stored result has no input hashes '
                                   '(made by an older version)')
   assert 'inputs' in json.loads((out / 'objects' / 'soap.json').read_text())
@@ -247,12 +246,13 @@ def test_failure_before_the_first_result_leaves_no_out_folder(tmp_path, capsys):
   _write_preds(pred / 'cream', gt / 'cream', [0.])
   Image.fromarray(np.zeros((32, 256, 3), np.uint8)).save(pred / 'cream' / '0.png')     # wrong strip size
   out = tmp_path / 'new' / 'out'
-  code, log = _run(['--pred', str(pred), '--gt', str(gt), '--out', str(out)], capsys)
+  code, log = _run([f'--config.pred={pred}', f'--config.gt={gt}', f'--config.out={out}'], capsys)
   assert code == 2 and len(log) == 1 and 'expected 512x32' in log[0], log
   assert not (tmp_path / 'new').exists()
   (tmp_path / 'file').write_text('x')
-  code, log = _run(['--pred', str(pred), '--gt', str(gt), '--out', str(tmp_path / 'file' / 'out')], capsys)
-  assert code == 2 and log == [f"error: cannot write to --out {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is "
+  code, log = _run([f'--config.pred={pred}', f'--config.gt={gt}', f'--config.out={tmp_path / "file" / "out"}'],
+                   capsys)
+  assert code == 2 and log == [f"error: cannot write to --config.out={tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is "
                                'not a folder']
 
 
@@ -267,18 +267,19 @@ def test_meshes_of_an_unknown_object_name_are_refused(tmp_path, capsys):
   m = geometry.load_mesh(CREAM / 'model.obj')
   write_ply(tmp_path / 'meshes' / 'Cream-0-neus' / 'mesh.ply', geometry.normalize_gt(m.vertices, 0.), m.faces)
   out = tmp_path / 'out'
-  argv = ['--pred', str(tmp_path / 'pred'), '--gt', str(gt), '--out', str(out), '--meshes', str(tmp_path / 'meshes')]
+  argv = [f'--config.pred={tmp_path / "pred"}', f'--config.gt={gt}', f'--config.out={out}',
+          f'--config.meshes={tmp_path / "meshes"}']
   code, log = _run(argv, capsys)
-  assert code == 2 and log == ["error: --meshes: unknown object 'Cream': did you mean 'cream'? pass --gt_rotation "
-                               'Cream=0 if its GT mesh needs no rotation'], log
+  assert code == 2 and log == ["error: --config.meshes: unknown object 'Cream': did you mean 'cream'? set "
+                               '--config.gt_rotation=Cream=0 if its GT mesh needs no rotation'], log
   assert not out.exists()
-  code, log = _run(argv + ['--gt_rotation', 'Cream=nan'], capsys)
+  code, log = _run(argv + ['--config.gt_rotation=Cream=nan'], capsys)
   assert code == 2 and len(log) == 1 and 'finite number' in log[0] and not out.exists()
-  code, log = _run(argv + ['--gt_rotation', 'Cream=0'], capsys)
+  code, log = _run(argv + ['--config.gt_rotation=Cream=0'], capsys)
   assert code == 0, log
   rec = evaluate.load_record(out / 'objects' / 'Cream.json')
   assert rec['per_instance']['chamfer'][0] < 1e-3 and rec['settings']['gt_rotation_deg'] == 0.0
-  code, log = _run(argv + ['--gt_rotation', 'Cream=90'], capsys)     # another rotation: not the stored result
+  code, log = _run(argv + ['--config.gt_rotation=Cream=90'], capsys)     # another rotation: not the stored result
   assert code == 0 and log == ['evaluate: recomputing Cream: settings changed since the stored result '
                                '(gt_rotation_deg)']
   assert evaluate.load_record(out / 'objects' / 'Cream.json')['per_instance']['chamfer'][0] > 1e-3
@@ -286,12 +287,11 @@ def test_meshes_of_an_unknown_object_name_are_refused(tmp_path, capsys):
 
 def test_weight_files_are_part_of_the_settings(tmp_path):
   """A learned metric's numbers depend on its weights: the settings key holds each weight file's sha256 (a
-  replaced file is not the stored result's; a moved one is), and only 'random' with --random_weights."""
-  import argparse
+  replaced file is not the stored result's; a moved one is), and only 'random' with random_weights."""
+  import dataclasses
   weights = tmp_path / 'raft-things.pth'
   weights.write_bytes(b'x' * 10)
-  args = argparse.Namespace(random_weights=False, ssim_border='crop', meshes='', raft=str(weights),
-                            clip='', clip_tokenizer='', lpips_vgg='', lpips_lin='')
+  args = evaluate.EvaluateSettings(raft=str(weights))
   b = {'e_flow': evaluate.Backend(fn=lambda *a: {}), 'lpips': evaluate.Backend(reason='no weights')}
   first = evaluate.run_settings(args, b)
   assert first['metrics']['lpips'] == {'available': False}
@@ -299,11 +299,11 @@ def test_weight_files_are_part_of_the_settings(tmp_path):
   assert evaluate.run_settings(args, b) == first
   moved = tmp_path / 'moved.pth'
   weights.rename(moved)
-  args.raft = str(moved)
+  args = dataclasses.replace(args, raft=str(moved))
   assert evaluate.run_settings(args, b) == first
   moved.write_bytes(b'y' * 10)
   assert evaluate.stale_reason({'instances': 1, 'inputs': {}, 'settings': first}, 1, {},
                                evaluate.run_settings(args, b)) == \
       'settings changed since the stored result (e_flow weights)'
-  args.random_weights = True
+  args = dataclasses.replace(args, random_weights=True)
   assert evaluate.run_settings(args, b)['metrics']['e_flow'] == {'available': True, 'weights': 'random'}

@@ -88,8 +88,8 @@ def test_cli_prints_the_original_line_and_rejects_bad_files(tmp_path):
   gt = write(sphere(0.3), str(tmp_path / 'gt.obj'))
   out = tmp_path / 'm.json'
   env = dict(os.environ, PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', '--pred', pred, '--gt', gt, '--name', 'bell',
-                      '--out', str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+  r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', f'--config.pred={pred}', f'--config.gt={gt}',
+                      '--config.name=bell', f'--config.out={out}'], capture_output=True, text=True, env=env, cwd=ROOT)
   assert r.returncode == 0, r.stderr
   name, chamfer, iou = r.stdout.strip().split('\t')
   # GT normalisation scales the unit-box sphere (side 0.6 -> 1): chamfer ~ 0.2, IoU ~ 0.6^3
@@ -97,8 +97,8 @@ def test_cli_prints_the_original_line_and_rejects_bad_files(tmp_path):
   assert json.loads(out.read_text())['name'] == 'bell'
   (tmp_path / 'bad.obj').write_text('this is not a mesh\n')
   for bad in (str(tmp_path / 'missing.ply'), str(tmp_path / 'bad.obj')):
-    r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', '--pred', bad, '--gt', gt, '--name', 'bell'],
-                       capture_output=True, text=True, env=env, cwd=ROOT)   # a known name: the file is refused
+    r = subprocess.run([sys.executable, '-m', 'hv_jax.evaluate_mesh', f'--config.pred={bad}', f'--config.gt={gt}',
+                        '--config.name=bell'], capture_output=True, text=True, env=env, cwd=ROOT)   # a known name
     assert r.returncode == 2 and r.stderr.startswith('error: ') and len(r.stderr.strip().splitlines()) == 1
     assert bad in r.stderr, r.stderr
 
@@ -122,17 +122,18 @@ def test_cli_unknown_name_is_refused_unless_the_rotation_is_given(tmp_path, caps
   pred = write(box([0.5, 0.3, 0.2]), str(tmp_path / 'pred.ply'))
   gt = write(box([0.5, 0.3, 0.2]), str(tmp_path / 'gt.obj'))
   out = tmp_path / 'm.json'
-  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--name', 'Alarm', '--out', str(out)]) == 2
+  files = [f'--config.pred={pred}', f'--config.gt={gt}']
+  assert evaluate_mesh.main(files + ['--config.name=Alarm', f'--config.out={out}']) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err == ["error: unknown object 'Alarm': did you mean 'alarm'? pass --rotation 0 if the GT mesh needs "
-                 'no rotation'] and not out.exists()
-  assert evaluate_mesh.main(['--pred', pred, '--gt', gt]) == 2
+  assert err == ["error: unknown object 'Alarm': did you mean 'alarm'? set --config.rotation=0 if the GT mesh "
+                 'needs no rotation'] and not out.exists()
+  assert evaluate_mesh.main(files) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
-      'error: pass --name OBJECT (a GSO-eval object: selects the GT rotation) or --rotation DEG']
-  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--rotation', 'nan']) == 2
-  assert capsys.readouterr().err.strip().splitlines() == ['error: --rotation nan is not a finite number']
-  # --rotation 0: the GT box (largest side 0.5 -> 1) against the same box unscaled, unrotated
-  assert evaluate_mesh.main(['--pred', pred, '--gt', gt, '--name', 'Alarm', '--rotation', '0', '--out', str(out)]) == 0
+      'error: set --config.name=OBJECT (a GSO-eval object: selects the GT rotation) or --config.rotation=DEG']
+  assert evaluate_mesh.main(files + ['--config.rotation=nan']) == 2
+  assert capsys.readouterr().err.strip().splitlines() == ['error: --config.rotation=nan: must be a finite number']
+  # rotation 0: the GT box (largest side 0.5 -> 1) against the same box unscaled, unrotated
+  assert evaluate_mesh.main(files + ['--config.name=Alarm', '--config.rotation=0', f'--config.out={out}']) == 0
   name, chamfer, iou = capsys.readouterr().out.strip().split('\t')
   assert name == 'Alarm' and float(chamfer) > 0.01
   assert json.loads(out.read_text())['rotation_deg'] == 0.0

@@ -298,7 +298,7 @@ def test_converter_routes_agree(lpips_pair, tmp_path):
   chex.assert_trees_all_equal(tv, jax.tree.map(np.asarray, params))
   # Files: torchvision's vgg16 .pth is in torch's legacy (pre-zip) format; the CLI writes .npz.
   torch.save(_torchvision_layout(model), tmp_path / 'vgg16.pth', _use_new_zipfile_serialization=False)
-  assert convert_lpips.main(['--vgg', str(tmp_path / 'vgg16.pth'), '--out', str(tmp_path / 'p.npz')]) == 0
+  assert convert_lpips.main([f'--config.vgg={tmp_path / "vgg16.pth"}', f'--config.out={tmp_path / "p.npz"}']) == 0
   chex.assert_trees_all_equal(lp.load_npz(str(tmp_path / 'p.npz')), tv)
   torch.save(model.state_dict(), tmp_path / 'lpips.pth')
   chex.assert_trees_all_equal(convert_lpips.load(lpips_state=str(tmp_path / 'lpips.pth')), tv)

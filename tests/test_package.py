@@ -183,4 +183,4 @@ for call in (lambda: sample.convert_ckpt('m.ckpt', 'out', None), evaluate.conver
   assert len(lines) == 3, r.stdout
   assert lines[0].startswith('converting m.ckpt on first use needs convert/ of the hv_jax repository checkout')
   assert lines[1].startswith('reading original (PyTorch) metric weights needs convert/')
-  assert 'python -m convert.syncdreamer --ckpt' in lines[2] and not (tmp_path / 'm.ckpt.hv_jax').exists()
+  assert 'python -m convert.syncdreamer --config.ckpt=' in lines[2] and not (tmp_path / 'm.ckpt.hv_jax').exists()

@@ -190,6 +190,19 @@ def test_mirror_top_floor_cuts_the_fill_below_a_centred_box():
     mesh.mesh_from_grid(p, TINY, u, floor='flat')
 
 
+def neus_fast_config():
+  """configs/neus_fast.py's ConfigDict (to change fields as --config.x=... would), loaded by path."""
+  from hv_jax import cli
+  return cli.load_config(os.path.join(ROOT, 'configs', 'neus_fast.py'))
+
+
+def settings_of(config):
+  """The ReconstructSettings of a ConfigDict, as the command builds them."""
+  from hv_jax import settings
+  from hv_jax.neus import pipeline
+  return settings.from_dict(pipeline.ReconstructSettings, config.to_dict())
+
+
 def run_cli(*args):
   env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, '-m', 'hv_jax.reconstruct', *args], capture_output=True, text=True,
@@ -270,7 +283,6 @@ def test_cli_finished_folder_without_identity_is_refused(tmp_path):
 
 
 def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
-  from configs import neus_fast
   from hv_jax.neus import pipeline
   d = disc_views(tmp_path)
   out = tmp_path / 'out'
@@ -288,12 +300,12 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
                                                         'neus.n_importance=24'),
                             ('neus.lambda_mask_loss', -1.0, 'neus.lambda_mask_loss=-1.0: must be >= 0'),
                             ('log_every', 0, 'log_every=0: must be >= 1')):
-    c = neus_fast.get_config()
+    c = neus_fast_config()
     c.input, c.output_dir = str(d), str(out)
     section, _, name = field.rpartition('.')
     setattr(c[section] if section else c, name, value)
     with pytest.raises(pipeline.UserError, match=r'^--config\.' + msg):
-      pipeline.run(c)
+      pipeline.run(settings_of(c))
     assert not out.exists()
 
 
@@ -343,23 +355,22 @@ def test_real_object_shortened_reconstruction(tmp_path):
   scores Chamfer 0.080, IoU 0.63).
   """
   pytest.importorskip('trimesh')
-  from configs import neus_fast
   from hv_jax.neus import pipeline
-  c = neus_fast.get_config()
+  c = neus_fast_config()
   c.input = os.path.join(GSO, 'cream')
   c.output_dir = str(tmp_path / 'cream')
   c.gt_mesh = os.path.join(GSO, 'cream', 'model.obj')
   c.train.total_steps, c.train.decay_interval, c.train.warm_up_steps = SHORT, SHORT // 2, 10
   c.batch_num, c.fg_num = 512, 128
   c.mesh_resolution, c.vertex_colors, c.progress = 128, False, False
-  m = pipeline.run(c)
+  m = pipeline.run(settings_of(c))
   geo = m['geometry']
   assert geo['name'] == 'cream'
   assert geo['chamfer'] < CHAMFER_BOUND and geo['iou'] > IOU_BOUND, geo
   assert (tmp_path / 'cream' / 'mesh.ply').exists()
   assert m['mesh']['floor'] == 'mirror_top' and (tmp_path / 'cream' / 'mesh_nofloor.ply').exists()
   assert m['geometry_nofloor']['iou'] <= geo['iou'] + 1e-9, (m['geometry_nofloor'], geo)   # cream's fill is cut
-  again = pipeline.run(c)                        # finished output: not redone
+  again = pipeline.run(settings_of(c))           # finished output: not redone
   assert again['seconds'] == m['seconds']
   out = tmp_path / 'cream'
   files = lambda: {p: p.stat().st_mtime_ns for p in out.rglob('*') if p.is_file()}
@@ -379,12 +390,12 @@ def test_real_object_shortened_reconstruction(tmp_path):
   c.input = os.path.join(GSO, 'bell')
   c.gt_name = 'cream'
   with pytest.raises(pipeline.UserError, match=r'holds a reconstruction of another input/settings \(input\)'):
-    pipeline.run(c)
+    pipeline.run(settings_of(c))
   assert files() == before
   # without metrics.json the checkpoints would be resumed: only those of the same input and settings
   os.remove(out / 'metrics.json')
   before = files()
   with pytest.raises(pipeline.UserError, match=r'checkpoints holds checkpoints of another input/settings '
                                                r'\(input\): use another output_dir or --config.overwrite=True'):
-    pipeline.run(c)
+    pipeline.run(settings_of(c))
   assert files() == before

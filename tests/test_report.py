@@ -84,7 +84,7 @@ def study(tmp_path_factory):
     inputs[name] = {'input_image': rel, 'gt_strip': gt}
   (root / 'study.json').write_text(json.dumps({'random_weights': True, 'inputs': inputs, 'steps': 50}))
   out = root / 'report'
-  assert report.main([str(root)]) == 0
+  assert report.main([f'--config.results={root}']) == 0
   return root, out, rows
 
 
@@ -188,7 +188,7 @@ def test_single_setting_without_metrics(tmp_path, capsys):
   s.put([{'input': 'x', 'instance': 0, 'setting': 'none', 'mode': 'none', 'seed': 0,
           'strip': store.strip_relpath('x', 'none', 0), 'finished': 1.}])
   s.close()
-  assert report.main([str(tmp_path), '--out', str(tmp_path / 'r')]) == 0
+  assert report.main([f'--config.results={tmp_path}', f'--config.out={tmp_path / "r"}']) == 0
   assert str(tmp_path / 'r' / 'index.html') in capsys.readouterr().out
   (row,) = _csv(tmp_path / 'r')
   assert row['psnr_mean'] == row['cd_score'] == 'n/a' and 'WARNING' not in row
@@ -198,7 +198,7 @@ def test_single_setting_without_metrics(tmp_path, capsys):
 def test_empty_or_missing_study(tmp_path, capsys):
   store.Store(tmp_path / 'empty').close()
   for root in (tmp_path / 'empty', tmp_path / 'absent'):
-    assert report.main([str(root)]) == 2
+    assert report.main([f'--config.results={root}']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1
     assert not (root / 'report').exists()

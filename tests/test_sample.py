@@ -2,6 +2,7 @@
 across batch composition and device count, and every bad input -> one clear line, nothing partial."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 import parity as P
+from hv_jax import cli, parallel, settings
 from hv_jax.models.config import ModelConfig
 from hv_jax.sampling import pipeline
 from hv_jax.sampling.sampler import Sampler, SamplerConfig, instance_keys
@@ -27,15 +29,10 @@ STEPS = 2
 
 
 def _config(tmp_path, **kw):
-  sys.path.insert(0, str(P.ROOT))
-  from configs import demo
-  c = demo.get_config()
-  c.output_dir = str(tmp_path / 'out')
-  c.sample_steps = STEPS
-  c.progress = False
-  for k, v in kw.items():
-    setattr(c, k, v)
-  return c
+  """configs/demo.py's settings (SampleSettings), at STEPS steps into tmp_path/out, with `kw` changed."""
+  demo = settings.from_dict(pipeline.SampleSettings, cli.load_config(P.ROOT / 'configs' / 'demo.py').to_dict())
+  return dataclasses.replace(demo, **{'output_dir': str(tmp_path / 'out'), 'sample_steps': STEPS, 'progress': False,
+                                      **kw})
 
 
 def _outputs(d):
@@ -155,8 +152,17 @@ def _demo_sampler():
   progress setting, so `compiled_sampler` hands back the function that run compiled (one compile for both)."""
   c = _config(pathlib.Path('/tmp'))
   cfg = pipeline.resolve_weights(c).model_config
-  return cfg, pipeline.compiled_sampler(cfg, pipeline.sampler_config(c), tuple(jax.local_devices()[:1]),
+  return cfg, pipeline.compiled_sampler(cfg, c.sampler_config(), tuple(jax.local_devices()[:1]),
                                         bool(c.progress))
+
+
+def _as_the_job_calls(fn, params, *batch, eta):
+  """fn(params, *batch, eta) with the arguments placed as the job places them (params replicated, batch arrays
+  sharded over 'data', eta a jax scalar): their placement is part of jit's cache key, so this reuses the
+  job's compile instead of compiling the sampler again."""
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  return fn(jax.device_put(params, parallel.replicated(mesh)), *parallel.shard_batch(list(batch), mesh),
+            jnp.float32(eta))
 
 
 def test_new_images_seeds_and_scales_do_not_recompile():
@@ -167,8 +173,8 @@ def test_new_images_seeds_and_scales_do_not_recompile():
   sizes = []
   for seed, scales, eta in ((0, (2., 1.), 1.), (7, (1.5, 0.5), 0.5), (9, (0., 3.), 0.)):
     img = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
-    out = fn(params, img, np.float32([0.5]), np.asarray(instance_keys(seed, [0], [0])), np.float32([scales]),
-             np.float32(eta))
+    out = _as_the_job_calls(fn, params, img, np.float32([0.5]), np.asarray(instance_keys(seed, [0], [0])),
+                            np.float32([scales]), eta=eta)
     chex.assert_tree_all_finite(out)
     sizes.append(fn._cache_size())
   assert sizes[1:] == sizes[:1] * 2, sizes     # compiled once, reused for new images, seeds, scales, eta
@@ -181,10 +187,10 @@ def test_instance_does_not_depend_on_batch_composition():
   jobs = pipeline.load_inputs(_config(pathlib.Path('/tmp')))
   pipeline.resize_inputs(jobs, 64)
   img = jobs[0].image[None]
-  pair = fn(params, np.concatenate([img, img]), np.float32([0.5, 0.5]), np.asarray(instance_keys(3, [0, 0], [0, 1])),
-            np.float32([[2, 1], [2, 1]]), np.float32(1))
-  alone = fn(params, img, np.float32([0.5]), np.asarray(instance_keys(3, [0], [1])), np.float32([[2, 1]]),
-             np.float32(1))
+  pair = _as_the_job_calls(fn, params, np.concatenate([img, img]), np.float32([0.5, 0.5]),
+                           np.asarray(instance_keys(3, [0, 0], [0, 1])), np.float32([[2, 1], [2, 1]]), eta=1)
+  alone = _as_the_job_calls(fn, params, img, np.float32([0.5]), np.asarray(instance_keys(3, [0], [1])),
+                            np.float32([[2, 1]]), eta=1)
   chex.assert_trees_all_close(pair[1], alone[0], atol=1e-4)
   assert float(jnp.abs(pair[0] - pair[1]).max()) > 1e-2      # different instances differ
 
@@ -306,13 +312,13 @@ def test_a_failure_while_sampling_leaves_no_folder(tmp_path, monkeypatch):
 
 def test_exact_schedule_runs_the_count_asked_and_the_manifest_says_which(tmp_path):
   c = _config(tmp_path, sample_steps=3, ddim_spacing='uniform_exact')
-  pipeline.validate(c)
-  sconf = pipeline.sampler_config(c)
+  c.validate()
+  sconf = c.sampler_config()
   assert Sampler(ModelConfig.tiny(), sconf).tables.num_steps == 3     # the scan runs 3 steps
   weights = pipeline.resolve_weights(c)
   job = pipeline.load_inputs(c)[0]
-  settings = pipeline.settings_of(c, job, weights, sconf, pipeline.scales_of(c))
-  assert settings['timesteps'] == [1, 334, 667] and settings['sample_steps'] == 3
+  recorded = pipeline.settings_of(c, job, weights, sconf, c.scales)
+  assert recorded['timesteps'] == [1, 334, 667] and recorded['sample_steps'] == 3
 
 
 @pytest.mark.skipif(not P.available(), reason='needs parity fixtures')

@@ -116,8 +116,8 @@ def test_a_model_config_file_with_a_typo_is_a_user_error(tmp_path):
   path = tmp_path / 'model.json'
   path.write_text(json.dumps(d))
   with pytest.raises(UserError, match="did you mean 'unet.num_heads'"):
-    pipeline.model_config_from(ml_collections.ConfigDict({'model': str(path)}))
-  assert pipeline.model_config_from(ml_collections.ConfigDict({'model': 'tiny'})) == ModelConfig.tiny()
+    pipeline.model_config_from(str(path))
+  assert pipeline.model_config_from('tiny') == ModelConfig.tiny()
 
 
 # ----------------------------------------------------------------------------- NeuSConfig
@@ -129,3 +129,76 @@ def test_neus_config_is_strict():
           "did you mean 'sdf.resolutions'?")
   _raises(lambda: NeuSConfig.from_dict({'n_sample': 8}), "did you mean 'n_samples'?")
   _raises(lambda: NeuSConfig.from_dict({'sdf': {'kind': 'hash'}}), "sdf.kind='hash'")
+
+
+# ----------------------------------------------------------------------------- the commands' settings
+
+def _command_settings():
+  import sys
+  sys.path.insert(0, str(P.ROOT))      # convert/ and experiments/ of the checkout
+  from convert import lpips as convert_lpips
+  from convert import syncdreamer as convert_syncdreamer
+  from experiments import diversity, report
+  from hv_jax import evaluate, evaluate_mesh
+  from hv_jax.neus import pipeline as neus_pipeline
+  return (pipeline.SampleSettings, neus_pipeline.ReconstructSettings, diversity.StudySettings,
+          evaluate.EvaluateSettings, evaluate_mesh.MeshEvalSettings, report.ReportSettings,
+          convert_syncdreamer.ConvertSettings, convert_lpips.ConvertSettings)
+
+
+def test_config_dict_is_the_dataclass_defaults_and_reads_back():
+  """A command's default config (and the start of every config file) is its settings dataclass's defaults:
+  nested blocks as ConfigDicts, tuples kept, None as a typed placeholder; from_dict reads it back unchanged."""
+  for cls in _command_settings():
+    c = settings.config_dict(cls)
+    assert isinstance(c, ml_collections.ConfigDict)
+    assert settings.from_dict(cls, c.to_dict()) == cls(), cls.__name__
+  from hv_jax.neus.pipeline import ReconstructSettings
+  c = settings.config_dict(ReconstructSettings)
+  assert c.neus.sdf.kind == 'mlp' and c.neus.sdf.skip_in == (4,)
+  c.gt_rotation = 30.0                  # a placeholder takes a value of its type
+  c.neus = settings.config_dict(NeuSConfig(sdf=GridSDFConfig()))
+  s = settings.from_dict(ReconstructSettings, c.to_dict())
+  assert s.gt_rotation == 30.0 and isinstance(s.neus.sdf, GridSDFConfig)
+  _raises(lambda: settings.from_dict(ReconstructSettings, {'neus': {'sdf': {'kind': 'grid', 'featurs': 2}}}),
+          "ReconstructSettings: unknown key 'neus.sdf.featurs'", "did you mean 'neus.sdf.features'?")
+  assert 'views per VAE-decoder call' in settings.field_docs(pipeline.SampleSettings)['decode_chunk']
+
+
+def test_config_files_load_by_path_from_any_folder(tmp_path, monkeypatch):
+  """configs/*.py and experiments/configs/*.py import hv_jax (and experiments) only: they load by path with
+  another working folder, and each gives a valid settings dataclass."""
+  from hv_jax import cli
+  classes = {c.__name__: c for c in _command_settings()}
+  kinds = {'neus': 'ReconstructSettings', 'neus_fast': 'ReconstructSettings', 'evaluate': 'EvaluateSettings',
+           'demo_sweep': 'StudySettings', 'scale_sweep': 'StudySettings'}
+  monkeypatch.chdir(tmp_path)
+  paths = sorted(P.ROOT.glob('configs/*.py')) + sorted(P.ROOT.glob('experiments/configs/*.py'))
+  for path in (p for p in paths if p.name != '__init__.py'):
+    assert 'from configs' not in path.read_text() and 'import configs' not in path.read_text(), path
+    cls = classes[kinds.get(path.stem, 'SampleSettings')]
+    assert isinstance(settings.from_dict(cls, cli.load_config(path).to_dict()), cls), path
+
+
+def test_a_reconstruction_of_an_older_version_matches_by_value():
+  """metrics.json written when configs/neus_fast.py named only some fields (neus.sdf as {kind, resolutions, ...})
+  is the same settings as today's full record: `resolved_identity` compares values, not spellings."""
+  from hv_jax import cli
+  from hv_jax.neus import pipeline as neus_pipeline
+  now = settings.from_dict(neus_pipeline.ReconstructSettings,
+                           cli.load_config(P.ROOT / 'configs' / 'neus_fast.py').to_dict())
+  old = {'seed': 6033, 'neus': {'sdf': {'kind': 'grid', 'resolutions': [32, 64, 128], 'features': 4,
+                                        'd_hidden': 64, 'n_layers': 2, 'd_out': 16},
+                                'color': {'d_feature': 15, 'd_hidden': 64, 'n_layers': 2, 'multires_view': 4,
+                                          'weight_norm': False},
+                                'n_samples': 24, 'n_importance': 24, 'up_sample_steps': 2, 'anneal_end': 200,
+                                'lambda_rgb_loss': 0.5, 'lambda_mask_loss': 1.0, 'lambda_eikonal_loss': 0.1,
+                                'clip_to_cube': True},
+         'train': {'base_lr': 1e-3, 'total_steps': 800, 'warm_up_steps': 50, 'use_warm_up': True,
+                   'grid_lr_scale': 20.0, 'decay_interval': 800, 'chunks': 1},
+         'batch_num': 768, 'fg_num': 256, 'log_every': 10, 'mesh_resolution': 256, 'vertex_colors': True,
+         'mesh_floor': 'mirror_top'}
+  stored = {'input_sha256': {'strip': 'x'}, 'config': old}
+  assert neus_pipeline.resolved_identity(stored) == {'input_sha256': {'strip': 'x'}, 'config': now.identity()}
+  old['train']['base_lr'] = 2e-3
+  assert neus_pipeline.resolved_identity(stored)['config'] != now.identity()

@@ -3,19 +3,21 @@ objects (tests/fixtures/gso: bell and cream, CC-BY 4.0): checks the whole study 
 numbers mean nothing, and study.json and the report say so.
 
   python -m experiments.diversity --config=experiments/configs/demo_sweep.py
-  python -m experiments.report results/demo_sweep
+  python -m experiments.report --config.results=results/demo_sweep
 """
 import os
 
-from configs import demo
-from experiments.configs.scale_sweep import study_fields
+from experiments.diversity import StudySettings
+from hv_jax import cli
+from hv_jax.settings import config_dict
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def get_config():
-  c = study_fields(demo.get_config())    # the demo's tiny random model, 2 instances, 10 steps, seed 0
-  c.data.path = os.path.join(_ROOT, 'tests', 'fixtures', 'gso')
+  c = config_dict(StudySettings)
+  c.update(cli.load_config(os.path.join(_ROOT, 'configs', 'demo.py')))   # the demo's tiny random model, 2
+  c.data.path = os.path.join(_ROOT, 'tests', 'fixtures', 'gso')          # instances, 10 steps, seed 0
   c.output_dir = 'results/demo_sweep'
   c.sweep.s1 = (0.0, 2.0)
   c.sweep.s2 = (0.0, 1.0)

@@ -5,7 +5,7 @@ Conventions of the original evaluation (see docs/neus.md):
   +z by -angle (`GT_ROTATION_DEG`, transforms3d euler2mat(-angle, 0, 0, 'szyx') = Rz(-angle), v <- v R^T).
   Predicted meshes are used as they are. The angle is looked up by object name among the 30 GSO-eval objects;
   another name is an error (UnknownObjectError, with the closest known names) unless the caller gives the
-  rotation explicitly (evaluate(..., rotation=DEG); the CLIs' --rotation / --gt_rotation).
+  rotation explicitly (evaluate(..., rotation=DEG); the commands' --config.rotation / --config.gt_rotation).
 - Chamfer: depth of each mesh from the 16 cameras, back-projected to points (pixel (u, v) -> K^-1 [u, v, 1]
   * depth), open3d-style voxel downsampling at 0.01 (points averaged per voxel of a grid anchored at
   min - voxel/2), then 0.5 * (mean NN distance pred->GT + mean NN distance GT->pred) with a KD-tree.

@@ -104,9 +104,9 @@ class CLIPModelConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: dict) -> 'CLIPModelConfig':
+  def from_dict(cls, d: dict, *, path: str = '', root: str = '') -> 'CLIPModelConfig':
     """Strict: an unknown key is a SettingsError naming it (`hv_jax.settings.from_dict`)."""
-    return settings.from_dict(cls, d)
+    return settings.from_dict(cls, d, path=path, root=root)
 
 
 CONV_IMPLS = ('tuned', 'xla')
@@ -263,11 +263,12 @@ class ModelConfig:
     return json.dumps(self.to_dict(), indent=1)
 
   @classmethod
-  def from_dict(cls, d: dict) -> 'ModelConfig':
+  def from_dict(cls, d: dict, *, path: str = '', root: str = '') -> 'ModelConfig':
     """Builds from our own `to_dict` output or from the original's layout (a parity `config.json` "tiny"
     block: `spatial_volume` for `volume`, and the ORIGINAL_KEYS checked and set aside). Strict: any other key
     that is not a field raises `hv_jax.settings.SettingsError` naming it. A volume block without
-    `input_image_size` takes `image_size`."""
+    `input_image_size` takes `image_size`. `path` / `root`: where the block sits in a bigger settings dict."""
+    block_path, block_root = path, root      # (`path` names the ORIGINAL_KEYS below)
     if not isinstance(d, dict):
       raise settings.SettingsError(f'ModelConfig: expected a dict, got {type(d).__name__}')
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -283,7 +284,7 @@ class ModelConfig:
         original[path] = src.pop(key)
     if 'image_size' in d and isinstance(d.get('volume', {}), dict):
       d.setdefault('volume', {}).setdefault('input_image_size', d['image_size'])
-    config = settings.from_dict(cls, d)
+    config = settings.from_dict(cls, d, path=block_path, root=block_root)
     for path, value in original.items():
       reason, implied = ORIGINAL_KEYS[path]
       if implied is ANY:

@@ -149,23 +149,28 @@ class NeuSConfig:
   clip_to_cube: bool = False      # neus_fast: sample only inside sphere AND cube (the original: sphere only)
 
   @classmethod
-  def from_dict(cls, d: dict) -> 'NeuSConfig':
+  def from_dict(cls, d: dict, *, path: str = '', root: str = '') -> 'NeuSConfig':
     """Reads `to_dict` output, a config's `neus` block or the parity `config.json` "neus" block, strictly
     (`hv_jax.settings.from_dict`: a key that is no field raises SettingsError naming it). `sdf.kind` picks
-    the field: 'mlp' (SDFConfig, also when absent) or 'grid' (GridSDFConfig)."""
+    the field: 'mlp' (SDFConfig, also when absent) or 'grid' (GridSDFConfig). `path` / `root`: where the
+    block sits in a bigger settings dict (ReconstructSettings' `neus`), for the messages."""
+    root = root or 'NeuSConfig'
+    where = f'{path}.sdf' if path else 'sdf'
+    if not isinstance(d, dict):
+      return settings.from_dict(cls, d, path=path, root=root)       # the one message for a non-dict
     d = dict(d)
     sdf = d.pop('sdf', None)
-    config = settings.from_dict(cls, d)
+    config = settings.from_dict(cls, d, path=path, root=root)
     if sdf is None:
       return config
     if not isinstance(sdf, dict):
-      raise settings.SettingsError(f"NeuSConfig: 'sdf' must be a dict of SDF fields, got {sdf!r}")
+      raise settings.SettingsError(f"{root}: '{where}' must be a dict of SDF fields, got {sdf!r}")
     sdf = dict(sdf)
     kind = sdf.pop('kind', 'mlp')
     kinds = {'mlp': SDFConfig, 'grid': GridSDFConfig}
     if kind not in kinds:
-      raise settings.SettingsError(f"NeuSConfig: sdf.kind={kind!r}: use 'mlp' or 'grid'")
-    return dataclasses.replace(config, sdf=settings.from_dict(kinds[kind], sdf, path='sdf', root='NeuSConfig'))
+      raise settings.SettingsError(f"{root}: {where}.kind={kind!r}: use 'mlp' or 'grid'")
+    return dataclasses.replace(config, sdf=settings.from_dict(kinds[kind], sdf, path=where, root=root))
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)

@@ -1,14 +1,15 @@
 """`python -m hv_jax.reconstruct`: 16 views -> NeuS -> DIR/mesh.ply + DIR/metrics.json.
 
 Order of work, so that bad input loses nothing and leaves nothing partial:
-1. config and input are checked (ViewsError / ValueError -> UserError, one line): every number of the config
-   finite and in range; with gt_mesh, the GT mesh is read and its object's rotation known (gt_name, default
-   the input folder's name, or the folder holding the input strip, must be a GSO-eval object unless
-   `gt_rotation` is given: an unknown name is not silently rotation 0);
+1. settings and input are checked (ReconstructSettings.validate; ViewsError -> UserError, one line): every
+   number of the settings finite and in range; with gt_mesh, the GT mesh is read and its object's rotation
+   known (gt_name, default the input folder's name, or the folder holding the input strip, must be a
+   GSO-eval object unless `gt_rotation` is given: an unknown name is not silently rotation 0);
 2. a finished DIR (metrics.json + mesh.ply) is reused only if it was made from the same input (sha256 of the
-   strip or of the 16 views), GT mesh (sha256) and settings (`identity` in metrics.json: the config without
-   input/output_dir/progress/overwrite/gt_mesh/gt_name/save_every/mesh_slab, which do not change the result);
-   otherwise one line refuses (another output_dir, or --config.overwrite=True to redo it);
+   strip or of the 16 views), GT mesh (sha256) and settings (`identity` in metrics.json: the settings without
+   input/output_dir/progress/overwrite/gt_mesh/gt_name/save_every/mesh_slab, which do not change the result;
+   a record of an older version, whose config files named only some fields, is compared by value:
+   `resolved_identity`); otherwise one line refuses (another output_dir, or --config.overwrite=True to redo it);
 3. the output folder is created and tested for writing; training runs with orbax checkpoints in
    DIR/checkpoints, which a rerun resumes only when DIR/checkpoints/identity.json says they were made from the
    same input and training settings (train.fit); a loss or gradient that is not finite stops the run with one
@@ -19,17 +20,19 @@ Order of work, so that bad input loses nothing and leaves nothing partial:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional
 
 import jax
 
 from hv_jax import atomic, checks, digest
+from hv_jax import settings as settings_lib
 from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
 from hv_jax.metrics import geometry
@@ -38,20 +41,69 @@ from hv_jax.neus import fields
 from hv_jax.neus import mesh as neus_mesh
 from hv_jax.neus import train
 from hv_jax.neus.fields import NeuSConfig
+from hv_jax.neus.train import LoopConfig, TrainConfig
 
 
-def _plain(x):
-  if hasattr(x, 'to_dict'):
-    x = x.to_dict()
-  if isinstance(x, dict):
-    return {k: _plain(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
-  return x
+@dataclasses.dataclass(frozen=True)
+class ReconstructSettings:
+  """Every setting of a reconstruction (`python -m hv_jax.reconstruct`; configs/neus*.py start from these).
+
+  The defaults are the original's (HarmonyView configs/neus.yaml + NeuSRenderer): an 8x256 SDF MLP, 64 + 64
+  samples per ray, 3584 + 512 rays per step, 2000 AdamW steps, a 512^3 mesh.
+  """
+  input: str = ''                # 256x4096 strip (16 views) or a folder 000.png ... 015.png
+  output_dir: str = 'outputs/neus'
+  seed: int = 6033
+  progress: bool = True
+  overwrite: bool = False        # a finished output (mesh.ply + metrics.json) is kept unless this is set
+  neus: NeuSConfig = NeuSConfig()      # NeuSRenderer: fields, sampling, loss weights (hv_jax.neus.fields)
+  train: TrainConfig = TrainConfig()   # RendererTrainer / configure_optimizers (hv_jax.neus.train)
+  batch_num: int = 3584          # train_batch_num: random rays per step
+  fg_num: int = 512              # train_batch_fg_num: pseudo-foreground rays per step
+  save_every: int = 500          # checkpoint interval (steps); a rerun resumes from the last one
+  log_every: int = 10
+  mesh_resolution: int = 512     # marching-cubes grid per side
+  mesh_slab: int = 8             # x-planes of the SDF grid per jitted call (memory bound)
+  vertex_colors: bool = True
+  mesh_floor: str = 'none'       # 'mirror_top': cut the unseen fill below the object at -top (hv_jax.neus.mesh)
+  gt_mesh: str = ''              # a GT mesh: metrics.json gets Chamfer / volume IoU (hv_jax.metrics.geometry)
+  gt_name: str = ''              # GSO-eval object name, selects the GT rotation (default: the input's folder name)
+  gt_rotation: Optional[float] = None   # degrees, for a GT mesh of another object
+
+  def loop_config(self) -> LoopConfig:
+    return LoopConfig(batch_num=int(self.batch_num), fg_num=int(self.fg_num), seed=int(self.seed),
+                            save_every=int(self.save_every), log_every=int(self.log_every))
+
+  def validate(self) -> None:
+    """Every number finite, counts integral, ranges of what NeuS divides by, takes logs of or counts with:
+    one UserError line naming the field (--config.<field>)."""
+    try:
+      _finite_numbers(settings_lib.as_json(self))
+      for name in ('batch_num', 'fg_num', 'seed', 'save_every', 'log_every', 'mesh_resolution', 'mesh_slab'):
+        v = getattr(self, name)
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+          raise ValueError(f'--config.{name}={v!r}: must be an integer')
+      cfg, tc = self.neus, self.train
+      if cfg.color.d_feature != cfg.sdf.d_out - 1:
+        raise ValueError(f'neus.color.d_feature={cfg.color.d_feature} must be neus.sdf.d_out - 1 = '
+                         f'{cfg.sdf.d_out - 1}')
+      if tc.use_warm_up and tc.total_steps // tc.decay_interval == 0:
+        raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
+      if self.batch_num <= 0 or self.fg_num < 0 or int(self.mesh_resolution) < 2:
+        raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
+      if str(self.mesh_floor) not in neus_mesh.FLOORS:
+        raise ValueError(f'mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
+      _check_ranges(self)
+    except (TypeError, ValueError) as e:
+      raise UserError(str(e)) from None
+
+  def identity(self) -> dict:
+    """The settings a finished output depends on (all but NOT_IN_IDENTITY), as JSON values."""
+    return {k: v for k, v in settings_lib.as_json(self).items() if k not in NOT_IN_IDENTITY}
 
 
 def _finite_numbers(x, prefix: str = '') -> None:
-  """ValueError naming the first NaN / infinite number anywhere in the (plain) config."""
+  """ValueError naming the first NaN / infinite number anywhere in the (plain) settings."""
   if isinstance(x, dict):
     for k, v in x.items():
       _finite_numbers(v, f'{prefix}{k}.')
@@ -62,8 +114,9 @@ def _finite_numbers(x, prefix: str = '') -> None:
     raise ValueError(f'--config.{prefix[:-1]}={x}: must be a finite number')
 
 
-def _check_ranges(cfg: NeuSConfig, tc: 'train.TrainConfig', lc: 'train.LoopConfig', config) -> None:
+def _check_ranges(s: ReconstructSettings) -> None:
   """Ranges of the numbers NeuS divides by, takes logs of, or counts with (ValueError naming the field)."""
+  cfg, tc = s.neus, s.train
   checks = [
       ('neus.n_samples', cfg.n_samples, cfg.n_samples >= 1, '>= 1'),
       ('neus.n_importance', cfg.n_importance, cfg.n_importance >= 0, '>= 0'),
@@ -84,9 +137,9 @@ def _check_ranges(cfg: NeuSConfig, tc: 'train.TrainConfig', lc: 'train.LoopConfi
       ('train.grid_lr_scale', tc.grid_lr_scale, tc.grid_lr_scale > 0, '> 0'),
       ('train.decay_interval', tc.decay_interval, tc.decay_interval >= 1, '>= 1'),
       ('train.chunks', tc.chunks, tc.chunks >= 1, '>= 1'),
-      ('save_every', lc.save_every, lc.save_every >= 1, '>= 1'),
-      ('log_every', lc.log_every, lc.log_every >= 1, '>= 1'),
-      ('mesh_slab', int(config.mesh_slab), int(config.mesh_slab) >= 1, '>= 1'),
+      ('save_every', s.save_every, s.save_every >= 1, '>= 1'),
+      ('log_every', s.log_every, s.log_every >= 1, '>= 1'),
+      ('mesh_slab', int(s.mesh_slab), int(s.mesh_slab) >= 1, '>= 1'),
   ]
   for name in ('lambda_rgb_loss', 'lambda_mask_loss', 'lambda_eikonal_loss'):
     checks.append((f'neus.{name}', getattr(cfg, name), getattr(cfg, name) >= 0, '>= 0'))
@@ -101,31 +154,6 @@ def _check_ranges(cfg: NeuSConfig, tc: 'train.TrainConfig', lc: 'train.LoopConfi
   for name, value, ok, want in checks:
     if not ok:
       raise ValueError(f'--config.{name}={value!r}: must be {want}')
-
-
-def configs_from(config) -> Tuple[NeuSConfig, train.TrainConfig, train.LoopConfig]:
-  try:
-    _finite_numbers(_plain(config.to_dict() if hasattr(config, 'to_dict') else config))
-    cfg = NeuSConfig.from_dict(_plain(config.neus))
-    tc = train.TrainConfig(**_plain(config.train))
-    for name in ('batch_num', 'fg_num', 'seed', 'save_every', 'log_every', 'mesh_resolution', 'mesh_slab'):
-      v = config[name]
-      if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
-        raise ValueError(f'--config.{name}={v!r}: must be an integer')
-    lc = train.LoopConfig(batch_num=int(config.batch_num), fg_num=int(config.fg_num), seed=int(config.seed),
-                          save_every=int(config.save_every), log_every=int(config.log_every))
-    if cfg.color.d_feature != cfg.sdf.d_out - 1:
-      raise ValueError(f'neus.color.d_feature={cfg.color.d_feature} must be neus.sdf.d_out - 1 = {cfg.sdf.d_out - 1}')
-    if tc.use_warm_up and tc.total_steps // tc.decay_interval == 0:
-      raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
-    if lc.batch_num <= 0 or lc.fg_num < 0 or int(config.mesh_resolution) < 2:
-      raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
-    if str(config.get('mesh_floor', 'none')) not in neus_mesh.FLOORS:
-      raise ValueError(f'mesh_floor={config.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
-    _check_ranges(cfg, tc, lc, config)
-  except (TypeError, ValueError) as e:
-    raise UserError(str(e)) from None
-  return cfg, tc, lc
 
 
 def _prepare_output(out: Path) -> List[Path]:
@@ -184,31 +212,47 @@ def _json_roundtrip(x):
   return json.loads(json.dumps(x))
 
 
+def resolved_identity(stored: dict) -> dict:
+  """A stored identity with its `config` read through ReconstructSettings: a metrics.json of a version whose
+  config files named only some fields (`neus.sdf` as {kind, d_hidden, ...}) records the same settings as
+  today's full record when the values are the same. A config that no longer reads is kept as it is (and so
+  differs)."""
+  config = stored.get('config')
+  if not isinstance(config, dict):
+    return stored
+  try:
+    full = settings_lib.from_dict(ReconstructSettings, config).identity()
+  except (settings_lib.SettingsError, TypeError, ValueError):
+    return stored
+  return {**stored, 'config': full}
+
+
 class _Diverged(Exception):
   pass
 
 
-def run(config) -> Dict[str, Any]:
+def run(s: ReconstructSettings) -> Dict[str, Any]:
   """Runs one reconstruction; returns the metrics dict (also in DIR/metrics.json).
 
-  config.gt_rotation (degrees, None by default): the GT mesh's rotation for an object that is not a GSO-eval
+  s.gt_rotation (degrees, None by default): the GT mesh's rotation for an object that is not a GSO-eval
   object; by default it is looked up by gt_name."""
-  cfg, tc, lc = configs_from(config)      # every setting first, then the input
-  if not config.input:
+  s.validate()      # every setting first, then the input
+  cfg, tc, lc = s.neus, s.train, s.loop_config()
+  if not s.input:
     raise UserError('no input: pass --config.input=PATH (a 256x4096 strip or a folder of 16 views)')
   try:
-    views = neus_data.load_views(config.input)
+    views = neus_data.load_views(s.input)
   except neus_data.ViewsError as e:
     raise UserError(str(e)) from None
-  gt_mesh = str(config.gt_mesh or '')
+  gt_mesh = str(s.gt_mesh or '')
   gt_name, rotation = None, None
-  gt_rotation = config.get('gt_rotation')
+  gt_rotation = s.gt_rotation
   if gt_rotation is not None and not gt_mesh:
     raise UserError('--config.gt_rotation is the GT mesh rotation: it needs --config.gt_mesh')
   if gt_mesh:
     if not os.path.isfile(gt_mesh):
       raise UserError(f'gt_mesh {gt_mesh}: no such file')
-    gt_name = str(config.gt_name or default_gt_name(config.input))
+    gt_name = str(s.gt_name or default_gt_name(s.input))
     if gt_rotation is None:
       try:
         rotation = geometry.gt_rotation_angle(
@@ -222,16 +266,14 @@ def run(config) -> Dict[str, Any]:
     except geometry.MeshError as e:
       raise UserError(f'gt_mesh {e}') from None
 
-  inputs = input_hashes(config.input)
-  plain = _plain(config.to_dict() if hasattr(config, 'to_dict') else config)
+  inputs = input_hashes(s.input)
   identity = _json_roundtrip({
       'input_sha256': inputs, 'gt_mesh_sha256': digest.file_sha256(gt_mesh) if gt_mesh else None,
-      'gt_name': gt_name, 'gt_rotation_deg': rotation,
-      'config': {k: v for k, v in plain.items() if k not in NOT_IN_IDENTITY}})
+      'gt_name': gt_name, 'gt_rotation_deg': rotation, 'config': s.identity()})
 
-  out = Path(config.output_dir)
+  out = Path(s.output_dir)
   metrics_path, mesh_path = out / 'metrics.json', out / 'mesh.ply'
-  if metrics_path.exists() and mesh_path.exists() and not config.overwrite:
+  if metrics_path.exists() and mesh_path.exists() and not s.overwrite:
     try:
       stored = json.loads(metrics_path.read_text())
     except (OSError, ValueError) as e:
@@ -240,7 +282,7 @@ def run(config) -> Dict[str, Any]:
     if not isinstance(stored.get('identity'), dict):
       raise UserError(f'{out} holds a reconstruction of an older version, without a record of its input and '
                       'settings: use another output_dir or --config.overwrite=True')
-    diff = checks.differing_keys(stored['identity'], identity)
+    diff = checks.differing_keys(resolved_identity(stored['identity']), identity)
     if diff:
       raise UserError(f'{out} holds a reconstruction of another input/settings ({_names(diff)}): use another '
                       'output_dir or --config.overwrite=True')
@@ -249,12 +291,12 @@ def run(config) -> Dict[str, Any]:
     return stored
   created = _prepare_output(out)
   ckpt = out / 'checkpoints'
-  if config.overwrite:      # the old result is no longer a finished output; its checkpoints are not resumed
+  if s.overwrite:      # the old result is no longer a finished output; its checkpoints are not resumed
     metrics_path.unlink(missing_ok=True)
     if ckpt.exists():
       shutil.rmtree(ckpt)
 
-  print(f'neus: {config.input} ({views.mask_source} masks), {tc.total_steps} steps of '
+  print(f'neus: {s.input} ({views.mask_source} masks), {tc.total_steps} steps of '
         f'{lc.batch_num}+{lc.fg_num} rays, {type(cfg.sdf).__name__}, on {jax.devices()[0].platform}')
 
   def check_finite(row):
@@ -268,12 +310,12 @@ def run(config) -> Dict[str, Any]:
   try:
     data = neus_data.ray_dataset(views)
     try:
-      params, history = train.fit(data, cfg, tc, lc, checkpoint_dir=str(ckpt), progress=config.progress,
+      params, history = train.fit(data, cfg, tc, lc, checkpoint_dir=str(ckpt), progress=s.progress,
                                   on_log=check_finite, data_identity={'input_sha256': inputs})
     except train.CheckpointMismatch as e:
       raise UserError(f'{e}: use another output_dir or --config.overwrite=True') from None
     t_train = time.time() - t0
-    metrics = _mesh_and_metrics(config, cfg, tc, views, params, history, out, gt_mesh, gt_name, rotation)
+    metrics = _mesh_and_metrics(s, views, params, history, out, gt_mesh, gt_name, rotation)
   except _Diverged as e:
     _remove_unless_written(out, created, ckpt, drop_checkpoints=True)
     raise UserError(str(e)) from None
@@ -287,13 +329,14 @@ def run(config) -> Dict[str, Any]:
   return metrics
 
 
-def _mesh_and_metrics(config, cfg, tc, views, params, history, out: Path, gt_mesh: str, gt_name, rotation):
+def _mesh_and_metrics(s: ReconstructSettings, views, params, history, out: Path, gt_mesh: str, gt_name, rotation):
+  cfg = s.neus
   mesh_path = out / 'mesh.ply'
   t1 = time.time()
-  floor = str(config.get('mesh_floor', 'none'))
-  grid = neus_mesh.sdf_grid(params, cfg, int(config.mesh_resolution), cfg.default_side_length,
-                            int(config.mesh_slab), config.progress)
-  vertices, faces, colors = neus_mesh.mesh_from_grid(params, cfg, grid, floor, bool(config.vertex_colors))
+  floor = str(s.mesh_floor)
+  grid = neus_mesh.sdf_grid(params, cfg, int(s.mesh_resolution), cfg.default_side_length, int(s.mesh_slab),
+                            s.progress)
+  vertices, faces, colors = neus_mesh.mesh_from_grid(params, cfg, grid, floor, bool(s.vertex_colors))
   unfloored = None      # with a GT mesh, the mesh before the floor is evaluated too: the prior's effect on record
   if gt_mesh and floor != 'none':
     unfloored = neus_mesh.mesh_from_grid(params, cfg, grid, 'none', colors=False)[:2]
@@ -305,12 +348,12 @@ def _mesh_and_metrics(config, cfg, tc, views, params, history, out: Path, gt_mes
   t_mesh = time.time() - t1
 
   final = history[-1] if history else {}
-  metrics = {'input': str(config.input), 'mask_source': views.mask_source,
-             'steps': tc.total_steps, 'final': final, 'history': history,
+  metrics = {'input': str(s.input), 'mask_source': views.mask_source,
+             'steps': s.train.total_steps, 'final': final, 'history': history,
              'seconds': {'train': None, 'mesh': t_mesh},
              'mesh': {'vertices': int(len(vertices)), 'faces': int(len(faces)),
-                      'resolution': int(config.mesh_resolution), 'floor': floor},
-             'config': _plain(config.to_dict() if hasattr(config, 'to_dict') else config)}
+                      'resolution': int(s.mesh_resolution), 'floor': floor},
+             'config': settings_lib.as_json(s)}
   if gt_mesh:
     t2 = time.time()
     try:

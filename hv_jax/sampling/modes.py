@@ -68,9 +68,9 @@ class GuidanceMode:
     """The scales of one setting from its values ((0.0,) for a mode without scales)."""
     return tuple(float(v) for v in values) or (0.0,)
 
-  def scales_of(self, config) -> Tuple[float, ...]:
-    """The scales a sampling config sets for this mode (s1, s2 / cfg_scale)."""
-    return self.scales([config[f] for f in self.config_fields])
+  def scales_of(self, settings) -> Tuple[float, ...]:
+    """The scales sampling settings (`SampleSettings`) set for this mode (s1, s2 / cfg_scale)."""
+    return self.scales([getattr(settings, f) for f in self.config_fields])
 
   def multipliers(self, uc2_concat_scale: float = 4.0) -> List[List[float]]:
     """[num_branches, 3] multipliers of (context, concat, volume), UC2_CONCAT given its value."""

@@ -34,6 +34,7 @@ from hv_jax import checkpoint as ckpt_lib
 from hv_jax import checks
 from hv_jax import digest
 from hv_jax import parallel
+from hv_jax import settings as settings_lib
 from hv_jax.data import preprocess
 from hv_jax.data import views as views_lib
 from hv_jax.data.views import NUM_VIEWS, join_strip, to_uint8
@@ -45,67 +46,100 @@ from hv_jax.sampling.sampler import Sampler, SamplerConfig, batch_arrays, input_
 
 WEIGHTS_HELP = ('The original weights are published by the SyncDreamer authors (syncdreamer-pretrain.ckpt, '
                 'linked from the SyncDreamer / HarmonyView READMEs; the CLIP tower is OpenAI ViT-L-14.pt). '
-                'Convert once with: python -m convert.syncdreamer --ckpt syncdreamer-pretrain.ckpt '
-                '[--clip ViT-L-14.pt] --out checkpoints/syncdreamer, then pass '
+                'Convert once with: python -m convert.syncdreamer --config.ckpt=syncdreamer-pretrain.ckpt '
+                '[--config.clip=ViT-L-14.pt] --config.out=checkpoints/syncdreamer, then pass '
                 '--config.checkpoint=checkpoints/syncdreamer (a .ckpt path is converted on first use).')
 
 
-# ----------------------------------------------------------------------------- configuration
+# ----------------------------------------------------------------------------- settings
 
-def sampler_config(config) -> SamplerConfig:
-  n = int(config.batch_view_num)
-  return SamplerConfig(steps=int(config.sample_steps), ddim_spacing=str(config.get('ddim_spacing', 'uniform')),
-                       guidance=str(config.guidance),
-                       uc2_concat_scale=float(config.uc2_concat_scale), latent=str(config.latent),
-                       dtype=str(config.dtype), view_chunk=n, remat=bool(config.remat),
-                       decode_chunk=int(config.decode_chunk))
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """Every setting of a sampling job (`python -m hv_jax.sample`; configs/*.py start from these defaults).
+
+  Original CLI flag -> field: --input/--output/--elevation -> input/output_dir/elevation; --sample_num ->
+  sample_num; --crop_size -> crop_size; --sample_steps -> sample_steps; --cfg_scales A B with
+  --decomposed_sampling -> guidance='harmonyview', s1=A, s2=B; --cfg_scales A without it -> guidance='cfg',
+  cfg_scale=A; --seed -> seed; the yaml's batch_view_num -> batch_view_num.
+  """
+  input: str = ''                # RGBA image, GSO-eval object folder (view 000 is the input), or a folder of them
+  output_dir: str = 'outputs/sample'
+  checkpoint: str = ''           # converted orbax dir, the original .ckpt (converted on first use), or 'random'
+  checkpoint_cache: str = ''     # where a .ckpt is converted to (default: <ckpt>.hv_jax beside it)
+  model: str = ''                # model dims: '' = from the checkpoint, 'full', 'tiny', or a JSON path
+  elevation: float = 30.0        # input-view elevation in degrees (trained range [-10, 40])
+  crop_size: int = -1            # object rescaled to crop_size inside 256x256; -1 keeps the image (original)
+  sample_num: int = 4            # instances per input
+  seed: int = 6033               # the original's default seed
+  guidance: str = 'harmonyview'  # 'harmonyview' (Eq. 9) | 'cfg' (Eq. 5) | 'none'
+  s1: float = 2.0                # Eq. 9 consistency scale (paper default)
+  s2: float = 1.0                # Eq. 9 diversity scale (paper default)
+  cfg_scale: float = 2.0         # Eq. 5 scale, used when guidance='cfg'
+  uc2_concat_scale: float = 4.0  # original quirk: uc2 branch sees 4 * input latent; 1.0 switches it off
+  sample_steps: int = 50         # DDIM steps (the original's schedule runs counts dividing 1000: 25, 40, 50, 100, ...)
+  ddim_spacing: str = 'uniform'  # 'uniform': the original's timesteps; 'uniform_exact': any count in [1, 999]
+  eta: float = 1.0               # DDIM eta (the original samples with eta = 1)
+  latent: str = 'sample'         # input latent: 'sample' (posterior draw, original) or 'mode'
+  dtype: str = 'float32'         # UNet compute dtype: 'float32' | 'bfloat16'
+  batch_view_num: int = 4        # views (x instances) per UNet call, all guidance branches each; 0 = all (docs/speed.md)
+  decode_chunk: int = 4          # views per VAE-decoder call
+  remat: bool = False            # rematerialise UNet blocks (less memory, more compute)
+  per_device_batch: int = 1      # instances per device per call
+  distributed: bool = False      # call jax.distributed.initialize() (TPU pods, multi-host GPU)
+  progress: bool = True          # progress bars on stderr
+
+  def validate(self) -> None:
+    """Every setting of the sampling job, before any work: one UserError line naming the field."""
+    self.validate_sampling()
+    if not self.input:
+      raise UserError('no input: set --config.input=PATH (an RGBA image, a GSO-eval object folder, or a folder of '
+                      'them)')
+    if not self.output_dir:
+      raise UserError('no output folder: set --config.output_dir=DIR')
+
+  def validate_sampling(self) -> None:
+    """The sampler's settings (shared with the study runner): finite, in range, a schedule of exactly n steps."""
+    try:
+      modes.mode(self.guidance)
+    except ValueError as e:
+      raise UserError(str(e)) from e
+    checks.number(self, 'sample_num', lo=1, integer=True)
+    checks.number(self, 'seed', lo=0, hi=2 ** 32 - 1, integer=True)
+    checks.number(self, 'sample_steps', lo=1, integer=True)
+    scale_fields = [f for m in modes.MODES.values() for f in m.config_fields]
+    for field in scale_fields + ['uc2_concat_scale']:    # any finite value: sweeps may go negative
+      checks.number(self, field)
+    checks.number(self, 'eta', lo=0, hint='DDIM eta: 0 deterministic, 1 the original')
+    # elevation: preprocess.check_elevation (finite, in the trained range) in load_inputs, before any work
+    checks.number(self, 'crop_size', lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
+    if int(self.crop_size) == 0:
+      raise UserError('--config.crop_size=0: must be -1 (keep the framing) or in [1, 256]')
+    checks.number(self, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
+    checks.number(self, 'decode_chunk', lo=1, hi=16, integer=True)
+    checks.number(self, 'per_device_batch', lo=1, integer=True)
+    if NUM_VIEWS % int(self.decode_chunk):
+      raise UserError(f'--config.decode_chunk={self.decode_chunk}: must divide the 16 views (1, 2, 4, 8 or 16)')
+    try:
+      self.sampler_config()
+    except ValueError as e:
+      raise UserError(str(e)) from e
+
+  def sampler_config(self, guidance: Optional[str] = None) -> SamplerConfig:
+    """The static sampler settings (of another guidance mode with `guidance`: the study's one per mode)."""
+    return SamplerConfig(steps=int(self.sample_steps), ddim_spacing=str(self.ddim_spacing),
+                         guidance=str(guidance or self.guidance), uc2_concat_scale=float(self.uc2_concat_scale),
+                         latent=str(self.latent), dtype=str(self.dtype), view_chunk=int(self.batch_view_num),
+                         remat=bool(self.remat), decode_chunk=int(self.decode_chunk))
+
+  @property
+  def scales(self) -> List[float]:
+    """The scales of the guidance mode: [s1, s2] (Eq. 9), [cfg_scale] (Eq. 5), [0.0] for none."""
+    return list(modes.mode(self.guidance).scales_of(self))
 
 
-def scales_of(config) -> List[float]:
-  """The scales of the config's guidance mode: [s1, s2] (Eq. 9), [cfg_scale] (Eq. 5), [0.0] for none."""
-  return list(modes.mode(config.guidance).scales_of(config))
-
-
-def validate(config) -> None:
-  """Every setting of the sampling job, before any work: one UserError line naming the field."""
-  validate_sampling(config)
-  if not config.input:
-    raise UserError('no input: set --config.input=PATH (an RGBA image, a GSO-eval object folder, or a folder of them)')
-  if not config.output_dir:
-    raise UserError('no output folder: set --config.output_dir=DIR')
-
-
-def validate_sampling(config) -> None:
-  """The sampler's settings (shared with the study runner): finite, in range, a schedule of exactly n steps."""
-  try:
-    modes.mode(config.guidance)
-  except ValueError as e:
-    raise UserError(str(e)) from e
-  checks.number(config, 'sample_num', lo=1, integer=True)
-  checks.number(config, 'seed', lo=0, hi=2 ** 32 - 1, integer=True)
-  checks.number(config, 'sample_steps', lo=1, integer=True)
-  scale_fields = [f for m in modes.MODES.values() for f in m.config_fields]
-  for field in scale_fields + ['uc2_concat_scale']:    # any finite value: sweeps may go negative
-    checks.number(config, field)
-  checks.number(config, 'eta', lo=0, hint='DDIM eta: 0 deterministic, 1 the original')
-  # elevation: preprocess.check_elevation (finite, in the trained range) in load_inputs, before any work
-  checks.number(config, 'crop_size', lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
-  if int(config.crop_size) == 0:
-    raise UserError('--config.crop_size=0: must be -1 (keep the framing) or in [1, 256]')
-  checks.number(config, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
-  checks.number(config, 'decode_chunk', lo=1, hi=16, integer=True)
-  checks.number(config, 'per_device_batch', lo=1, integer=True)
-  if NUM_VIEWS % int(config.decode_chunk):
-    raise UserError(f'--config.decode_chunk={config.decode_chunk}: must divide the 16 views (1, 2, 4, 8 or 16)')
-  try:
-    sampler_config(config)
-  except ValueError as e:
-    raise UserError(str(e)) from e
-
-
-def check_view_chunk(config, rows: int) -> None:
+def check_view_chunk(s: SampleSettings, rows: int) -> None:
   """batch_view_num splits the rows (instances x 16 views) of one sampler call into equal chunks."""
-  n = int(config.batch_view_num)
+  n = int(s.batch_view_num)
   if n and n < rows and rows % n:
     ok = [d for d in range(1, rows + 1) if rows % d == 0]
     raise UserError(f'--config.batch_view_num={n}: must divide the {rows} rows (instances x 16 views) of a call: '
@@ -131,11 +165,11 @@ class Weights:
   provenance: str                  # sha256 of the original .ckpt (and of the CLIP file, if one was given)
 
 
-def resolve_weights(config, convert_ckpt: Optional[CkptConverter] = None) -> Weights:
+def resolve_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Weights:
   """`checkpoint` is an orbax dir, a .ckpt (converted on first use by `convert_ckpt`) or 'random'; reads no
   params."""
-  wanted = model_config_from(config)
-  source = str(config.checkpoint or '')
+  wanted = model_config_from(s.model)
+  source = str(s.checkpoint or '')
   if source == 'random':
     if wanted is None:
       raise UserError("checkpoint='random' needs an explicit model config (--config.model=tiny or a JSON path)")
@@ -146,7 +180,7 @@ def resolve_weights(config, convert_ckpt: Optional[CkptConverter] = None) -> Wei
   if not path.exists():
     raise UserError(f'checkpoint not found: {path}. ' + WEIGHTS_HELP)
   if path.is_file():
-    path = convert_cached(path, wanted, config.checkpoint_cache or None, convert_ckpt)
+    path = convert_cached(path, wanted, s.checkpoint_cache or None, convert_ckpt)
   try:
     stored = ckpt_lib.load_config(str(path))
   except ckpt_lib.CheckpointError as e:
@@ -178,10 +212,10 @@ def load_params(weights: Weights, seed: int):
   return params
 
 
-def load_weights(config, convert_ckpt: Optional[CkptConverter] = None) -> Tuple[dict, ModelConfig, str]:
+def load_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Tuple[dict, ModelConfig, str]:
   """Returns (params, model config, provenance string)."""
-  weights = resolve_weights(config, convert_ckpt)
-  return load_params(weights, int(config.seed)), weights.model_config, weights.provenance
+  weights = resolve_weights(s, convert_ckpt)
+  return load_params(weights, int(s.seed)), weights.model_config, weights.provenance
 
 
 def convert_cached(ckpt: pathlib.Path, config: Optional[ModelConfig], cache: Optional[str],
@@ -198,8 +232,8 @@ def convert_cached(ckpt: pathlib.Path, config: Optional[ModelConfig], cache: Opt
     return checked_cache(out, ckpt)
   if convert_ckpt is None:
     raise UserError(f'{ckpt} is a PyTorch checkpoint and no conversion of it is cached at {out}: convert it once '
-                    f'with python -m convert.syncdreamer --ckpt {ckpt} --out {out} (from the repository checkout), '
-                    'or run python -m hv_jax.sample there, which converts it on first use')
+                    f'with python -m convert.syncdreamer --config.ckpt={ckpt} --config.out={out} (from the repository '
+                    'checkout), or run python -m hv_jax.sample there, which converts it on first use')
   logging.info('converting %s -> %s (first use, in a child process)', ckpt, out)
   try:
     convert_ckpt(str(ckpt), str(out), config)
@@ -229,8 +263,10 @@ def checked_cache(out: pathlib.Path, ckpt: pathlib.Path) -> pathlib.Path:
                   f'{recorded[:12]}..., not {ckpt}): delete it, or set --config.checkpoint_cache=DIR')
 
 
-def model_config_from(config) -> Optional[ModelConfig]:
-  spec = str(config.get('model', '') or '')
+def model_config_from(spec: str) -> Optional[ModelConfig]:
+  """The `model` setting: '' (None: the checkpoint's), 'full', 'tiny', or a JSON file (ModelConfig.to_dict,
+  or a parity config.json with its "tiny" block)."""
+  spec = str(spec or '')
   if not spec:
     return None
   if spec == 'full':
@@ -259,12 +295,12 @@ class Job:
   sha256: str = ''       # of the input image file
 
 
-def load_inputs(config) -> List[Job]:
+def load_inputs(s: SampleSettings) -> List[Job]:
   """Finds, validates and prepares every input (the original's prepare_inputs at 256 px)."""
   try:
-    found = preprocess.find_inputs(config.input)
-    elevation = preprocess.check_elevation(float(config.elevation))
-    return [Job(name, preprocess.prepare_image(preprocess.load_rgba(path), int(config.crop_size), 256), elevation,
+    found = preprocess.find_inputs(s.input)
+    elevation = preprocess.check_elevation(float(s.elevation))
+    return [Job(name, preprocess.prepare_image(preprocess.load_rgba(path), int(s.crop_size), 256), elevation,
                 input_id_of(name), digest.file_sha256(path))
             for name, path in found]
   except preprocess.InputError as e:
@@ -286,15 +322,15 @@ MANIFEST = 'manifest.json'
 # Settings that change no pixel (memory and speed knobs) are not in `settings_of`: a rerun may change them.
 
 
-def settings_of(config, job: Job, weights: Weights, sconf: SamplerConfig, scales: Sequence[float]) -> dict:
+def settings_of(s: SampleSettings, job: Job, weights: Weights, sconf: SamplerConfig, scales: Sequence[float]) -> dict:
   """Everything an input's strips depend on; a rerun into the same folder must give the same, key by key."""
   settings = {
       'input_sha256': job.sha256, 'input_id': job.input_id, 'checkpoint': weights.provenance,
       'model_config': weights.model_config.architecture().to_dict(), 'guidance': sconf.guidance, 'scales': list(scales),
       'sample_steps': sconf.steps,     # the timesteps, not the spacing's name: equal schedules are the same
       'timesteps': [int(t) for t in schedule.ddim_timesteps(sconf.steps, sconf.ddim_spacing)],
-      'eta': float(config.eta), 'seed': int(config.seed), 'latent': sconf.latent, 'dtype': sconf.dtype,
-      'elevation_deg': float(config.elevation), 'crop_size': int(config.crop_size),
+      'eta': float(s.eta), 'seed': int(s.seed), 'latent': sconf.latent, 'dtype': sconf.dtype,
+      'elevation_deg': float(s.elevation), 'crop_size': int(s.crop_size),
       'image_size': weights.model_config.image_size}
   if modes.mode(sconf.guidance).uses_uc2_concat_scale:
     settings['uc2_concat_scale'] = sconf.uc2_concat_scale
@@ -354,7 +390,7 @@ def stored_instances(folder: pathlib.Path) -> List[int]:
   return sorted(int(p.stem) for p in folder.glob('*.png') if p.stem.isdigit() and p.name == f'{int(p.stem)}.png')
 
 
-def manifest_of(config, job: Job, settings: dict, weights: Weights, sconf: SamplerConfig, **extra) -> dict:
+def manifest_of(s: SampleSettings, job: Job, settings: dict, weights: Weights, sconf: SamplerConfig, **extra) -> dict:
   random_model = weights.provenance == RANDOM_PROVENANCE
   return {
       'input': job.name, 'settings': settings, **extra,
@@ -363,48 +399,49 @@ def manifest_of(config, job: Job, settings: dict, weights: Weights, sconf: Sampl
       'seed': settings['seed'], 'input_id': job.input_id, 'scales': settings['scales'], 'eta': settings['eta'],
       'elevation_deg': settings['elevation_deg'],
       'instance_keys': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(input name)), instance_id)',
-      'config': json.loads(config.to_json_best_effort()),
+      'config': settings_lib.as_json(s),
       'devices': [str(d) for d in jax.local_devices()], 'jax': jax.__version__}
 
 
 # ----------------------------------------------------------------------------- the run
 
-def run(config, convert_ckpt: Optional[CkptConverter] = None) -> Dict[str, dict]:
+def run(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Dict[str, dict]:
   """Runs the sampling job; returns {input name: manifest} of the inputs whose instances are all on disk.
 
   `convert_ckpt`: how a .ckpt given as the checkpoint is converted on first use (`CkptConverter`)."""
-  validate(config)
-  parallel.initialize_distributed(bool(config.distributed))
-  jobs = load_inputs(config)
-  out = atomic.require_writable(config.output_dir)   # created only when the first file is written
+  s.validate()
+  parallel.initialize_distributed(bool(s.distributed))
+  jobs = load_inputs(s)
+  out = atomic.require_writable(s.output_dir)   # created only when the first file is written
   mesh = parallel.make_mesh()
   ndev = mesh.devices.size
-  batch = int(config.per_device_batch) * ndev
-  check_view_chunk(config, batch * NUM_VIEWS)
-  weights = resolve_weights(config, convert_ckpt)
-  sconf = sampler_config(config)
-  scales = scales_of(config)
-  settings = {j.name: settings_of(config, j, weights, sconf, scales) for j in jobs}
-  todo = {j.name: instances_to_sample(out / j.name, settings[j.name], int(config.sample_num)) for j in jobs}
+  batch = int(s.per_device_batch) * ndev
+  check_view_chunk(s, batch * NUM_VIEWS)
+  weights = resolve_weights(s, convert_ckpt)
+  sconf = s.sampler_config()
+  scales = s.scales
+  settings = {j.name: settings_of(s, j, weights, sconf, scales) for j in jobs}
+  todo = {j.name: instances_to_sample(out / j.name, settings[j.name], int(s.sample_num)) for j in jobs}
   units = parallel.process_share([(j, k) for j in jobs for k in todo[j.name]])
   timings = {'compile_and_first_batch_s': None, 'batches_s': []}
   sampled = set()
   if units:
-    params = jax.device_put(load_params(weights, int(config.seed)), parallel.replicated(mesh))
+    params = jax.device_put(load_params(weights, int(s.seed)), parallel.replicated(mesh))
     resize_inputs(jobs, weights.model_config.image_size)
     logging.info('%d devices (%s), %d processes; %d instances to sample, %d per call', ndev,
                  jax.devices()[0].platform, jax.process_count(), len(units), batch)
-    sampled = sample_units(config, units, params, weights, sconf, scales, settings, mesh, batch, out, timings)
-  return write_summaries(config, out, jobs, settings, weights, sconf, timings, sampled)
+    sampled = sample_units(s, units, params, weights, sconf, scales, settings, mesh, batch, out, timings)
+  return write_summaries(s, out, jobs, settings, weights, sconf, timings, sampled)
 
 
-def sample_units(config, units, params, weights, sconf, scales, settings, mesh, batch, out, timings) -> set:
+def sample_units(s: SampleSettings, units, params, weights, sconf, scales, settings, mesh, batch, out,
+                 timings) -> set:
   """Samples (job, instance) units in batches and writes their strips; returns the names of the inputs touched."""
-  fn = compiled_sampler(weights.model_config, sconf, tuple(mesh.devices.flat), bool(config.progress))
-  seed, eta = int(config.seed), jnp.float32(config.eta)
+  fn = compiled_sampler(weights.model_config, sconf, tuple(mesh.devices.flat), bool(s.progress))
+  seed, eta = int(s.seed), jnp.float32(s.eta)
   arrays_of = lambda chunk: batch_arrays(seed, [(j.image, j.elevation, j.input_id, k, scales) for j, k in chunk])
   pending = set()    # inputs whose manifest this run has (re)written before their first new strip
-  with progress_bars(fn, len(units), sconf.steps, bool(config.progress)) as (bar, step_bar):
+  with progress_bars(fn, len(units), sconf.steps, bool(s.progress)) as (bar, step_bar):
     for chunk, views, dt in parallel.run_batches(lambda *a: fn(params, *a, eta), units, batch, arrays_of, mesh):
       if timings['compile_and_first_batch_s'] is None:   # always one shape: no recompile on the last batch
         timings['compile_and_first_batch_s'] = dt
@@ -414,7 +451,7 @@ def sample_units(config, units, params, weights, sconf, scales, settings, mesh, 
       for (job, k), v in zip(chunk, views):
         if job.name not in pending:   # the manifest (settings, complete=False) goes before the folder's new strips
           atomic.write_json(out / job.name / MANIFEST,
-                            manifest_of(config, job, settings[job.name], weights, sconf, complete=False))
+                            manifest_of(s, job, settings[job.name], weights, sconf, complete=False))
           pending.add(job.name)
         atomic.write_png(out / job.name / f'{k}.png', join_strip(to_uint8(v)))
       bar.update(len(chunk))
@@ -485,13 +522,13 @@ def compiled_sampler(model_config: ModelConfig, sconf: SamplerConfig, devices: T
   return fn
 
 
-def write_summaries(config, out, jobs, settings, weights, sconf, timings, sampled):
+def write_summaries(s: SampleSettings, out, jobs, settings, weights, sconf, timings, sampled):
   """grid.png and the complete manifest (with every strip's sha256) of each input whose strips are all there;
   an input this run did not touch keeps its complete manifest (and its timings) as they are."""
   manifests = {}
   for job in jobs:
     folder = out / job.name
-    instances = sorted(set(range(int(config.sample_num))) |
+    instances = sorted(set(range(int(s.sample_num))) |
                        (set(stored_instances(folder)) if folder.is_dir() else set()))
     paths = [folder / f'{k}.png' for k in instances]
     if not all(p.is_file() for p in paths):
@@ -502,7 +539,7 @@ def write_summaries(config, out, jobs, settings, weights, sconf, timings, sample
       continue
     strips = [np.asarray(Image.open(p).convert('RGB')) for p in paths]
     atomic.write_png(folder / 'grid.png', np.concatenate(strips, 0))
-    manifest = manifest_of(config, job, settings[job.name], weights, sconf, complete=True, instances=instances,
+    manifest = manifest_of(s, job, settings[job.name], weights, sconf, complete=True, instances=instances,
                            strips_sha256={str(k): digest.file_sha256(p) for k, p in zip(instances, paths)},
                            timings=timings)
     atomic.write_json(folder / MANIFEST, manifest)
