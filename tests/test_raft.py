@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from convert import raft as conv
 from convert.torch_io import ConversionError
+from hv_jax.data import views as views_lib
 from hv_jax.metrics import flow as F
 from hv_jax.metrics import raft
 
@@ -141,11 +142,11 @@ def test_composite_rgba_is_convert_to_rgb():
 
 def test_split_strip():
   strip = np.arange(2 * 48 * 1).reshape(2, 48, 1)
-  views = F.split_strip(strip)
+  views = views_lib.split_strip(strip)
   assert views.shape == (16, 2, 3, 1)
   np.testing.assert_array_equal(views[5], strip[:, 15:18])
   with pytest.raises(ValueError, match='not 16 equal views'):
-    F.split_strip(strip[:, :47])
+    views_lib.split_strip(strip[:, :47])
 
 
 def _views(rng, v=4, h=64, w=64):

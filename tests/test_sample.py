@@ -67,6 +67,8 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(finished, demo_run):
   assert manifests['bell']['sampler']['steps'] == STEPS
   assert m['complete'] and m['instances'] == [0, 1] and m['settings']['timesteps'] == [1, 501]
   assert m['settings']['input_sha256'] == pipeline.digest.file_sha256(DEMO / '000.png')
+  assert m['lowering'] == {'conv': 'tuned', 'attn': 'fast', 'im2col_max_pixels': 16}   # provenance (CPU default)
+  assert 'lowering' not in m['settings']
   first = np.asarray(Image.open(out / '1.png'))
   # A rerun samples nothing; after losing one instance, only that one is redone, identically. A truncated
   # strip (a kill during a non-atomic copy, a full disk) is not a finished one.
@@ -197,6 +199,7 @@ def test_instance_does_not_depend_on_batch_composition():
 
 _MULTI_DEVICE = textwrap.dedent('''
     import json, sys, numpy as np, jax
+    from hv_jax.data import views as views_lib
     from hv_jax.sampling import pipeline
     from hv_jax.sampling.sampler import SamplerConfig, instance_keys
     from hv_jax.models.config import ModelConfig
@@ -212,7 +215,7 @@ _MULTI_DEVICE = textwrap.dedent('''
     one = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()[:1]))(params, *args)
     eight = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()))(params, *args)
     assert len(eight.sharding.device_set) == 8
-    u1, u8 = pipeline.to_uint8(one), pipeline.to_uint8(eight)
+    u1, u8 = views_lib.to_uint8(one), views_lib.to_uint8(eight)
     print(json.dumps({'max_abs': float(np.abs(np.asarray(one) - np.asarray(eight)).max()),
                       'uint8_mismatch_fraction': float((u1 != u8).mean())}))
 ''' % STEPS)

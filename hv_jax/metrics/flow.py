@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hv_jax.data.views import split_strip  # noqa: F401  (strips are split in hv_jax.data.views)
 from hv_jax.metrics import raft
 
 

@@ -177,8 +177,10 @@ class RAFT(nn.Module):
     return self.update_block.mask(net)
 
   def __call__(self, image1, image2):
-    """One-iteration forward pass touching every parameter (for `init` / `eval_shape`)."""
-    f1, f2 = self.features(image1), self.features(image2)
+    """One-iteration forward pass touching every parameter (for `init` / `eval_shape`); `image2` goes through
+    the same feature encoder as `image1`, so it adds no parameter."""
+    del image2
+    f1 = self.features(image1)
     net, inp = self.context(image1)
     b, h, w, _ = f1.shape
     corr = jnp.zeros((b, h, w, CORR_LEVELS * (2 * CORR_RADIUS + 1) ** 2), f1.dtype)
