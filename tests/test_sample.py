@@ -182,21 +182,6 @@ def test_new_images_seeds_and_scales_do_not_recompile():
   assert sizes[1:] == sizes[:1] * 2, sizes     # compiled once, reused for new images, seeds, scales, eta
 
 
-def test_instance_does_not_depend_on_batch_composition():
-  cfg, fn = _demo_sampler()
-  from hv_jax.models.init import random_params
-  params = random_params(cfg, 1)
-  jobs = pipeline.load_inputs(_config(pathlib.Path('/tmp')))
-  pipeline.resize_inputs(jobs, 64)
-  img = jobs[0].image[None]
-  pair = _as_the_job_calls(fn, params, np.concatenate([img, img]), np.float32([0.5, 0.5]),
-                           np.asarray(instance_keys(3, [0, 0], [0, 1])), np.float32([[2, 1], [2, 1]]), eta=1)
-  alone = _as_the_job_calls(fn, params, img, np.float32([0.5]), np.asarray(instance_keys(3, [0], [1])),
-                            np.float32([[2, 1]]), eta=1)
-  chex.assert_trees_all_close(pair[1], alone[0], atol=1e-4)
-  assert float(jnp.abs(pair[0] - pair[1]).max()) > 1e-2      # different instances differ
-
-
 _MULTI_DEVICE = textwrap.dedent('''
     import json, sys, numpy as np, jax
     from hv_jax.data import views as views_lib
@@ -209,26 +194,56 @@ _MULTI_DEVICE = textwrap.dedent('''
     params = random_params(cfg, 0)
     sconf = SamplerConfig(steps=%d)
     rng = np.random.default_rng(0)
-    img = rng.uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
-    args = (img, np.full(8, 0.5, np.float32), np.asarray(instance_keys(5, [0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3] * 2)),
-            np.tile(np.float32([[2, 1]]), (8, 1)), np.float32(1))
-    one = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()[:1]))(params, *args)
-    eight = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()))(params, *args)
+    inputs = rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+    # two inputs, four instances each (as a study batches them)
+    img = np.repeat(inputs[:2], 4, axis=0)
+    ids, inst = [0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3] * 2
+    elev = np.float32([0.5] * 4 + [0.2] * 4)
+    scales = np.tile(np.float32([[2, 1]]), (8, 1))
+    one_device = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()[:1]))
+    one = np.asarray(one_device(params, img, elev, np.asarray(instance_keys(5, ids, inst)), scales, np.float32(1)))
+    eight = pipeline.compiled_sampler(cfg, sconf, tuple(jax.devices()))(
+        params, img, elev, np.asarray(instance_keys(5, ids, inst)), scales, np.float32(1))
     assert len(eight.sharding.device_set) == 8
     u1, u8 = views_lib.to_uint8(one), views_lib.to_uint8(eight)
-    print(json.dumps({'max_abs': float(np.abs(np.asarray(one) - np.asarray(eight)).max()),
-                      'uint8_mismatch_fraction': float((u1 != u8).mean())}))
+    # the same instances in another call of the same size: rows reversed, the last one another input (the
+    # same compile: an instance must not depend on what shares its call)
+    order = np.arange(8)[::-1].copy()
+    img2, elev2 = img[order].copy(), elev[order].copy()
+    ids2, inst2 = [ids[i] for i in order], [inst[i] for i in order]
+    img2[7], elev2[7], ids2[7], inst2[7] = inputs[2], 0.9, 2, 5
+    mixed = np.asarray(one_device(params, img2, elev2, np.asarray(instance_keys(5, ids2, inst2)), scales,
+                                  np.float32(1)))
+    print(json.dumps({'max_abs': float(np.abs(one - np.asarray(eight)).max()),
+                      'uint8_mismatch_fraction': float((u1 != u8).mean()),
+                      'composition_max_abs': float(np.abs(mixed[:7] - one[order[:7]]).max()),
+                      'instances_min_diff': float(min(np.abs(one[i] - one[i + 1]).max() for i in (0, 1, 2, 4, 5, 6))),
+                      'compiles_one_device': one_device._cache_size()}))
 ''' % STEPS)
 
 
-def test_same_seeds_same_images_on_one_and_eight_devices():
+@pytest.fixture(scope='module')
+def multi_device():
+  """One subprocess with 8 CPU devices: the tiny sampler on 1 device and on 8, and on 1 device again with
+  another batch composition (the same compile)."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
              PYTHONPATH=str(P.ROOT))
   r = subprocess.run([sys.executable, '-c', _MULTI_DEVICE], capture_output=True, text=True, env=env, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
-  res = json.loads(r.stdout.strip().splitlines()[-1])
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_same_seeds_same_images_on_one_and_eight_devices(multi_device):
+  res = multi_device
   assert res['max_abs'] < 1e-4, res
   assert res['uint8_mismatch_fraction'] < 1e-3, res
+
+
+def test_instance_does_not_depend_on_batch_composition(multi_device):
+  res = multi_device
+  assert res['compiles_one_device'] == 1, res            # both compositions ran the same compiled sampler
+  assert res['composition_max_abs'] < 1e-4, res          # same instances, other neighbours and rows
+  assert res['instances_min_diff'] > 1e-2, res           # different instances of one input differ
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,6 +1,8 @@
 """Building the SyncDreamer param tree: abstract shapes (no allocation) or random weights (demo / tests)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +20,16 @@ def _dummy_inputs(config: ModelConfig):
 
 
 def abstract_params(config: ModelConfig):
-  """Nested dict of jax.ShapeDtypeStruct: the exact param tree of `SyncDreamer(config)`."""
+  """Nested dict of jax.ShapeDtypeStruct: the exact param tree of `SyncDreamer(config)` (a new dict each call)."""
+  return traverse_util.unflatten_dict(dict(_abstract_leaves(config)))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_leaves(config: ModelConfig):
+  """Tracing `init` takes seconds (tiny) to ~10 s (full) on CPU: once per config (every field, the lowering too)."""
   model = SyncDreamer(config)
-  return jax.eval_shape(lambda k: model.init(k, *_dummy_inputs(config)), jax.random.key(0))['params']
+  tree = jax.eval_shape(lambda k: model.init(k, *_dummy_inputs(config)), jax.random.key(0))['params']
+  return tuple(traverse_util.flatten_dict(tree).items())
 
 
 def random_params(config: ModelConfig, seed: int = 0):
