@@ -400,7 +400,8 @@ def manifest_of(s: SampleSettings, job: Job, settings: dict, weights: Weights, s
       'elevation_deg': settings['elevation_deg'],
       'instance_keys': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(input name)), instance_id)',
       'config': settings_lib.as_json(s),
-      # Provenance, not a checked setting: the lowering changes float rounding only (docs/speed.md).
+      # Provenance of the run that last wrote this manifest, not a checked setting: a lowering changes float
+      # rounding only (docs/speed.md), so a rerun under another one may add strips, like the memory knobs.
       'lowering': dataclasses.asdict(weights.model_config.lowering()),
       'devices': [str(d) for d in jax.local_devices()], 'jax': jax.__version__}
 
