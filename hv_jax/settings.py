@@ -100,8 +100,6 @@ def _config_value(value, tp):
   """A field's value as a ConfigDict entry: nested dataclasses as ConfigDicts, None as a typed placeholder
   (so `--config.x=...` can set it), anything else as it is."""
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    if 'to_dict' in vars(type(value)):     # a block that writes itself (NeuSConfig: the sdf field's kind)
-      return ml_collections.ConfigDict(value.to_dict())
     return config_dict(value)
   if value is None:
     inner = _unwrap_optional(tp)
