@@ -69,10 +69,20 @@ def test_strip_and_folder_load_the_same(tmp_path):
   np.testing.assert_array_equal(strip.mask, folder.mask)
 
 
-def test_views_without_alpha_use_the_white_background_rule(tmp_path):
-  v = neus_data.load_views(disc_views(tmp_path, alpha=False))
-  assert v.mask_source == 'white-background'
-  assert v.mask[0, 128, 128] == 1 and v.mask[0, 0, 0] == 0
+def test_views_without_alpha_are_matted_and_the_white_rule_stays_by_name(tmp_path):
+  d = disc_views(tmp_path, alpha=False)
+  yy, xx = np.mgrid[:256, :256]
+  disc = ((yy - 128) ** 2 + (xx - 128) ** 2) < (256 / 5) ** 2
+  v = neus_data.load_views(d)                              # auto: no alpha -> the plain matte of each view
+  assert v.mask_source == 'plain'
+  assert ((v.mask > 0.5) == disc).mean() > 0.995
+  w = neus_data.load_views(d, matting='white')             # the original's pseudo_fg rule, by name
+  assert w.mask_source == 'white-background'
+  assert w.mask[0, 128, 128] == 1 and w.mask[0, 0, 0] == 0
+  with pytest.raises(neus_data.ViewsError, match='no usable alpha channel'):
+    neus_data.load_views(d, matting='alpha')
+  with pytest.raises(neus_data.ViewsError, match='unknown matting'):
+    neus_data.load_views(d, matting='carvekit')
 
 
 def test_batches_are_a_function_of_seed_and_step_and_walk_passes_like_the_original():
