@@ -31,24 +31,30 @@ def iou(alpha, gt):
 
 
 def gradient_bg(size, rng):
+  """benchmarks/matting.py's kind (c): a random two-colour gradient, vignetting, Gaussian sensor noise."""
+  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+  theta = rng.uniform(0, 2 * np.pi)
   y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing='ij')
-  t = (x * 0.6 + y * 0.8) / 2 + 0.5
-  bg = np.float32([40, 90, 160]) * (1 - t[..., None]) + np.float32([200, 170, 120]) * t[..., None]
-  bg *= 1 - 0.3 * (x * x + y * y)[..., None] / 2
-  return np.clip(bg + rng.normal(0, 3, bg.shape), 0, 255)
+  t = np.clip((x * np.cos(theta) + y * np.sin(theta)) / 2 + 0.5, 0, 1)[..., None]
+  bg = (c0 * (1 - t) + c1 * t) * (1 - rng.uniform(0.2, 0.45) * (x * x + y * y)[..., None] / 2)
+  return np.clip(bg + rng.normal(0, rng.uniform(2, 5), bg.shape), 0, 255)
 
 
-@pytest.mark.parametrize('obj', ['bell', 'cream'])
-@pytest.mark.parametrize('kind', ['white', 'plain colour', 'gradient'])
-def test_plain_matte_of_gso_views(obj, kind):
+@pytest.mark.parametrize('kind,target', [('white', 0.97), ('plain colour', 0.97), ('gradient', 0.93)])
+def test_plain_matte_of_gso_views(kind, target):
+  """The issue's targets for `plain` (mean IoU; docs/matting.md measures all 22 GSO-eval objects), on the
+  bundled objects' views 000, 004, 008."""
   rng = np.random.default_rng(0)
-  for view in ('000', '004', '008'):
-    rgba, gt = gt_view(obj, view)
-    bg = {'white': [255, 255, 255], 'plain colour': [60, 140, 70]}.get(kind)
-    img = on(rgba, bg if bg is not None else gradient_bg(rgba.shape[0], rng))
-    alpha = matting.matte(img, 'plain')
-    assert alpha.dtype == np.float32 and alpha.shape == gt.shape and 0 <= alpha.min() and alpha.max() <= 1
-    assert iou(alpha, gt) > 0.93, (obj, view, kind, iou(alpha, gt))
+  ious = []
+  for obj in ('bell', 'cream'):
+    for view in ('000', '004', '008'):
+      rgba, gt = gt_view(obj, view)
+      bg = {'white': [255, 255, 255], 'plain colour': rng.uniform(0, 255, 3)}.get(kind)
+      img = on(rgba, bg if bg is not None else gradient_bg(rgba.shape[0], rng))
+      alpha = matting.matte(img, 'plain')
+      assert alpha.dtype == np.float32 and alpha.shape == gt.shape and 0 <= alpha.min() and alpha.max() <= 1
+      ious.append(iou(alpha, gt))
+  assert np.mean(ious) >= target, (kind, np.round(ious, 4))
 
 
 def test_light_parts_enclosed_by_the_object_stay_foreground():

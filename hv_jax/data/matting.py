@@ -192,12 +192,19 @@ def background_model(img: np.ndarray, border: int):
   a, b = basis[band], img[band].astype(np.float64)
   fits = [_robust_fit(a[:, :n], b) for n in ORDERS]
   best = min(f[1] for f in fits)
-  k = next(k for k, f in enumerate(fits) if f[1] <= max(1.25 * best, best + 2.0 / 255))
+  k = next(k for k, f in enumerate(fits) if f[1] <= 1.25 * best + 0.5 / 255)
   coef, sigma, _ = fits[k]
   bg = basis[..., :ORDERS[k]] @ coef
   resid = np.linalg.norm(img - bg, axis=-1)
   fit = float((resid[band] < 3 * sigma + 2.0 / 255).mean())
   return bg, resid, sigma, fit
+
+
+def _grow_from_border(candidates: np.ndarray) -> np.ndarray:
+  """The connected regions of `candidates` that touch the image border."""
+  lab, _ = ndimage.label(candidates)
+  touching = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+  return np.isin(lab, touching[touching > 0])
 
 
 def _largest_component(mask: np.ndarray) -> Tuple[np.ndarray, int, float]:
@@ -225,7 +232,8 @@ def matte_plain(rgb: np.ndarray, *, refine: str = 'none', work_size: int = WORK_
   border = max(2, round(0.02 * min(h, w)))
   # the background is modelled and grown on a 3x3 box-filtered image: sensor noise / 3, edges moved < 1 px
   # (the soft edge below unmixes the unfiltered pixels)
-  bg, resid, sigma, fit = background_model(ndimage.uniform_filter(img, size=(3, 3, 1)), border)
+  smooth = ndimage.uniform_filter(img, size=(3, 3, 1))
+  bg, resid, sigma, fit = background_model(smooth, border)
   if fit < 0.4 or sigma > MAX_BACKGROUND_NOISE:
     why = (f'only {fit:.0%} of the border fits a smooth background: the object fills the frame?' if fit < 0.4 else
            f'the border varies by {sigma * 255 / np.sqrt(3):.0f} grey levels around a smooth background')
@@ -234,9 +242,7 @@ def matte_plain(rgb: np.ndarray, *, refine: str = 'none', work_size: int = WORK_
   # 1. the background grown from the border over pixels that fit the model (light object parts enclosed by
   # the object stay foreground)
   t = threshold * sigma + 3.0 / 255
-  lab, _ = ndimage.label(resid < t)
-  touching = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-  bg_mask = np.isin(lab, touching[touching > 0])
+  bg_mask = _grow_from_border(resid < t)
   fg = ~bg_mask
   if fg.sum() < 16:
     raise MattingError(f'{name}: no foreground found (the whole image fits the background); is there an object '
