@@ -248,7 +248,10 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   good = tmp_path / 'good'
-  Image.new('RGBA', (4096, 256), (255, 0, 0, 255)).save(good.with_suffix('.png'))
+  yy, xx = np.mgrid[:256, :4096]
+  disc = (((yy - 128) ** 2 + (xx % 256 - 128) ** 2) < 50 ** 2).astype(np.uint8) * 255   # a red disc in each view
+  Image.fromarray(np.dstack([np.full((256, 4096), 255, np.uint8), np.zeros((256, 4096, 2), np.uint8), disc]),
+                  'RGBA').save(good.with_suffix('.png'))
   r = run_cli(*TINY_FLAGS, f'--config.input={good.with_suffix(".png")}', f'--config.output_dir={blocker}/sub')
   assert r.returncode == 2 and 'not writable' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
