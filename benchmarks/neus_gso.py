@@ -2,6 +2,10 @@
 evaluate against the GT meshes (Chamfer, volume IoU, minutes per object).
 
   PYTHONPATH=. python benchmarks/neus_gso.py --gso PATH/gso-eval --out outputs/neus_gso [--objects bell,cream]
+      [--no-alpha --extra '--config.matting=plain']
+
+--no-alpha: the GT views are first written without their alpha (RGB composited on white, as generated views
+come), so the masks are made by `matting` (docs/matting.md: plain against the original's white rule).
 
 Each object runs `python -m hv_jax.reconstruct --config=configs/neus_fast.py` with --config.gt_mesh; finished
 objects (metrics.json present) are skipped, so an interrupted validation resumes. Prints and writes
@@ -19,6 +23,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def rgb_copy(src: str, dst: str) -> str:
+  """The 16 views of `src` composited on white, without alpha, in `dst` (written once)."""
+  import numpy as np
+  from PIL import Image
+  os.makedirs(dst, exist_ok=True)
+  for k in range(16):
+    path = os.path.join(dst, f'{k:03d}.png')
+    if not os.path.exists(path):
+      rgba = np.asarray(Image.open(os.path.join(src, f'{k:03d}.png')).convert('RGBA')).astype(np.float32)
+      a = rgba[..., 3:] / 255
+      Image.fromarray(np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)).save(path)
+  return dst
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--gso', required=True)
@@ -26,6 +44,7 @@ def main():
   p.add_argument('--objects', default='', help='comma list (default: every object folder with a model.obj)')
   p.add_argument('--config', default='configs/neus_fast.py')
   p.add_argument('--extra', default='', help='extra flags for hv_jax.reconstruct, space separated')
+  p.add_argument('--no-alpha', action='store_true', help='reconstruct from RGB copies of the views (no alpha)')
   a = p.parse_args()
   names = a.objects.split(',') if a.objects else sorted(
       d for d in os.listdir(a.gso) if os.path.isfile(os.path.join(a.gso, d, 'model.obj')))
@@ -34,8 +53,10 @@ def main():
     if os.path.exists(os.path.join(out, 'metrics.json')):
       continue
     t0 = time.time()
+    views = rgb_copy(os.path.join(a.gso, name), os.path.join(a.out, '_rgb_views', name)) if a.no_alpha else \
+        os.path.join(a.gso, name)
     cmd = [sys.executable, '-m', 'hv_jax.reconstruct', f'--config={a.config}',
-           f'--config.input={os.path.join(a.gso, name)}', f'--config.output_dir={out}',
+           f'--config.input={views}', f'--config.output_dir={out}',
            f'--config.gt_mesh={os.path.join(a.gso, name, "model.obj")}', f'--config.gt_name={name}',
            '--config.progress=False'] + a.extra.split()
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)

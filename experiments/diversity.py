@@ -132,6 +132,7 @@ class Input:
   elevation: float               # radians
   raw: np.ndarray                # the input view as given (RGBA uint8), for the report
   gt: Optional[np.ndarray]       # [16, s, s, 4] uint8 at the metric size, or None
+  photo_crop: Optional[int] = None   # a matted photo: the crop it was framed with (photo_crop_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +178,8 @@ def load_records(config: StudySettings) -> List[dict]:
     if d.source == 'gso':   # the prepared TFDS build lives in the study folder unless data.tfds_dir says where
       records = data.gso_eval.load_gso(d.path, data_dir=d.tfds_dir or os.path.join(config.output_dir, 'tfds'))
     elif d.source == 'images':
-      records = data.images.load_folder(d.path, elevation_deg=float(config.elevation))
+      records = data.images.load_folder(d.path, elevation_deg=float(config.elevation), matting=str(config.matting),
+                                        model=str(config.matting_model))
     else:
       raise UserError(f"unknown data.source {d.source!r}: use 'gso' (GSO eval folder via TFDS) or 'images'")
   except (preprocess.InputError, FileNotFoundError, ValueError) as e:
@@ -204,14 +206,16 @@ def prepare_inputs(records, config: StudySettings, image_size: int, metric_size:
   for r in records:
     try:
       elevation = preprocess.check_elevation(float(r.get('elevation', config.elevation)))
-      image = preprocess.prepare_image(Image.fromarray(np.asarray(r['input_view']), 'RGBA'), int(config.crop_size), 256)
+      crop = config.crop_size if r.get('matting', 'alpha') == 'alpha' else config.photo_crop_size   # as the sampler
+      image = preprocess.prepare_image(Image.fromarray(np.asarray(r['input_view']), 'RGBA'), int(crop), 256)
     except preprocess.InputError as e:
       raise UserError(f"input {r['name']}: {e}") from e
     job = pipeline.Job(r['name'], image, elevation, input_id_of(r['name']))
     pipeline.resize_inputs([job], image_size)
     gt = r.get('gt_views')
     out.append(Input(r['name'], job.input_id, job.image, elevation, np.asarray(r['input_view']),
-                     None if gt is None else gt_at(np.asarray(gt), metric_size)))
+                     None if gt is None else gt_at(np.asarray(gt), metric_size),
+                     None if r.get('matting', 'alpha') == 'alpha' else int(crop)))
   return out
 
 
@@ -304,7 +308,8 @@ def identity_of(config: StudySettings, ckpt: str, model_config) -> dict:
 
 def input_digest(inp: Input) -> str:
   """What an input's units depend on: its pixels, GT views and elevation."""
-  return digest.arrays_sha256([inp.raw, np.float32(inp.elevation)] + ([] if inp.gt is None else [inp.gt]))
+  return digest.arrays_sha256([inp.raw, np.float32(inp.elevation)] + ([] if inp.gt is None else [inp.gt])
+                             + ([] if inp.photo_crop is None else [np.int32(inp.photo_crop)]))
 
 
 def check_inputs(out: pathlib.Path, inputs: Sequence[Input]) -> None:

@@ -52,12 +52,13 @@ from typing import Callable, Dict, List, Optional
 
 import jax
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from hv_jax import atomic, checks, digest
 from hv_jax import cli, optional
 from hv_jax import settings as settings_lib
-from hv_jax.data import views
+from hv_jax.data import matting, views
 from hv_jax.data.views import NUM_VIEWS
 from hv_jax.errors import UserError
 from hv_jax.metrics import cd_score, flow, geometry, image, lpips, stats
@@ -93,6 +94,8 @@ class EvaluateSettings(MetricWeights):
   gt_rotation: str = ''       # NAME=DEG[,NAME=DEG]: GT mesh rotation of objects that are not GSO-eval objects
   ssim_border: str = 'crop'   # 'crop': SSIM map without its 5-px border (torchmetrics before PR #2721, Sep 2024: the paper's); 'full'
   flow_batch: int = 0         # view sets per RAFT call (0: all at once; lower to save memory)
+  matting: str = 'auto'       # GT views without a usable alpha are matted: auto (rembg if matting_model, else plain) | plain | rembg | alpha (refuse them)
+  matting_model: str = ''     # rembg model file for matting
   overwrite: bool = False     # recompute objects that already have results
   progress: bool = True       # progress bar on stderr
 
@@ -107,16 +110,36 @@ class EvaluateSettings(MetricWeights):
     checks.number(self, 'num_samples', lo=0, integer=True, hint='0: any')
     checks.number(self, 'flow_batch', lo=0, integer=True, hint='0: all view sets at once')
     gt_rotations(self.gt_rotation)   # a malformed gt_rotation fails here
+    matting.resolve(self.matting, None, self.matting_model)    # an unknown method is one line
 
 
 # ----------------------------------------------------------------------------- inputs
 
-def gt_views(gt_dir: str) -> np.ndarray:
-  """[16, H, W, 4] uint8 RGBA views 000.png … 015.png."""
+def gt_views(gt_dir: str, method: str = 'auto', model: str = '') -> np.ndarray:
+  """[16, H, W, 4] uint8 RGBA views 000.png … 015.png. Views without a usable alpha (RGB photos or renders)
+  get a matte as their alpha (`gt_mask_method`), so every metric sees them on white as it sees GSO's."""
   try:
-    return views.read_gt_views(gt_dir)
+    gt = views.read_gt_views(gt_dir)
   except (FileNotFoundError, OSError, ValueError) as e:
     raise UserError(f'{gt_dir}: {e}') from e
+  method = gt_mask_method(gt_dir, method, model)
+  if method == 'alpha':       # their own alpha (or, with matting='alpha', views without one read as opaque)
+    return gt
+  session = matting.rembg_session(model) if method == 'rembg' else None
+  for i, v in enumerate(gt):
+    rgb = np.ascontiguousarray(v[..., :3])
+    v[..., 3] = np.round(matting.matte(rgb, method, session=session, name=f'{gt_dir} view {i:03d}') * 255)
+  return gt
+
+
+def gt_mask_method(gt_dir: str, method: str, model: str) -> str:
+  """'alpha' when the GT views carry their mask (view 000's alpha is usable), else the matte they get."""
+  try:
+    with Image.open(os.path.join(gt_dir, '000.png')) as im:
+      alpha = np.asarray(im.convert('RGBA'))[..., 3]
+  except (FileNotFoundError, OSError, ValueError):
+    return 'alpha'            # gt_views reports the missing or broken view
+  return matting.resolve(method, alpha, model)
 
 
 def instance_files(pred_dir: str) -> List[str]:
@@ -330,7 +353,7 @@ def backends(s: EvaluateSettings) -> Dict[str, Backend]:
 def evaluate_object(obj: str, s: EvaluateSettings, metric_backends: Dict[str, Backend], compiles: bool = False) -> dict:
   """Every metric of one object. `compiles` marks the first object of a process: its seconds include jit."""
   gt_dir, pred_dir = os.path.join(s.gt, obj), os.path.join(s.pred, obj)
-  gt = gt_views(gt_dir)
+  gt = gt_views(gt_dir, s.matting, s.matting_model)
   pred = pred_views(pred_dir, gt.shape[1])
   if gt.shape[1] != gt.shape[2]:
     raise UserError(f'{gt_dir}: views must be square, got {gt.shape[2]}x{gt.shape[1]}')
@@ -546,6 +569,10 @@ def run_settings(s: EvaluateSettings, metric_backends: Dict[str, Backend]) -> di
 
 def _object_settings(obj: str, s: EvaluateSettings, common: dict) -> dict:
   out = dict(common)
+  method = gt_mask_method(os.path.join(s.gt, obj), s.matting, s.matting_model)
+  if method != 'alpha':        # matted GT views (absent for GSO's own alpha, as records before it say)
+    out['gt_masks'] = {'method': method, **({'model': digest.weights_identity(s.matting_model)}
+                                            if method == 'rembg' else {})}
   if s.meshes and os.path.isfile(os.path.join(s.gt, obj, 'model.obj')):
     out['gt_rotation_deg'] = gt_rotation_of(obj, s)
   return out

@@ -52,6 +52,7 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
     ('experiments.report', ['--config.result=x']),          # no such field
     ('convert.syncdreamer', ['--config.ckpt=a', 'b']),      # a stray argument
     ('convert.lpips', ['--unknown']),
+    ('hv_jax.matte', ['--config.metod=plain']),           # no such field
     ('hv_jax.sample', [f'--config={P.ROOT / "configs" / "demo.py"}', '--config.eta=abc']),   # not a number
 ])
 def test_flag_mistakes_of_the_other_clis_are_one_line(module, args, tmp_path):

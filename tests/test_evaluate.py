@@ -307,3 +307,23 @@ def test_weight_files_are_part_of_the_settings(tmp_path):
       'settings changed since the stored result (e_flow weights)'
   args = dataclasses.replace(args, random_weights=True)
   assert evaluate.run_settings(args, b)['metrics']['e_flow'] == {'available': True, 'weights': 'random'}
+
+
+def test_gt_views_without_alpha_are_matted_and_named_in_the_settings(tmp_path):
+  """RGB GT views (no alpha) get the plain matte as their alpha; RGBA GT keeps its own and the settings keys of
+  before (no `gt_masks`)."""
+  gt = _gt(tmp_path)
+  rgb_dir = tmp_path / 'rgb' / 'cream'
+  rgb_dir.mkdir(parents=True)
+  for k in range(16):
+    Image.fromarray(_composite(np.asarray(Image.open(gt / 'cream' / f'{k:03}.png')))).save(rgb_dir / f'{k:03}.png')
+  own = evaluate.gt_views(str(gt / 'cream'))
+  matted = evaluate.gt_views(str(rgb_dir))
+  assert matted.shape == own.shape
+  for k in (0, 5, 11):
+    a, b = matted[k, ..., 3] > 127, own[k, ..., 3] > 127
+    assert (a & b).sum() / (a | b).sum() > 0.93, k
+  s = evaluate.EvaluateSettings(pred=str(tmp_path), gt=str(tmp_path / 'rgb'), out=str(tmp_path / 'out'))
+  assert evaluate._object_settings('cream', s, {})['gt_masks'] == {'method': 'plain'}
+  s = evaluate.EvaluateSettings(pred=str(tmp_path), gt=str(gt), out=str(tmp_path / 'out'))
+  assert 'gt_masks' not in evaluate._object_settings('cream', s, {})

@@ -206,9 +206,26 @@ def _write_bad(folder: Path, case: str):
 def test_load_folder_bad_inputs(tmp_path, case, match):
   Image.fromarray(_rgba(0), 'RGBA').save(tmp_path / 'good.png')
   _write_bad(tmp_path, case)
+  # matting='alpha': the image's own mask is required (the default, 'auto', would matte an RGB image)
+  kw = {'matting': 'alpha'} if case in ('rgb', 'jpg', 'empty_alpha') else {}
   with pytest.raises(InputError, match=match) as info:
-    images.load_folder(tmp_path)
+    images.load_folder(tmp_path, **kw)
   assert '\n' not in str(info.value)
+
+
+def test_load_folder_mattes_photos_without_alpha(tmp_path):
+  Image.fromarray(_rgba(0), 'RGBA').save(tmp_path / 'cut.png')
+  photo = np.full((64, 64, 3), 255, np.uint8)
+  photo[16:48, 20:44] = (20, 60, 150)
+  Image.fromarray(photo).save(tmp_path / 'photo.jpg', quality=95)
+  records = {r['name']: r for r in images.load_folder(tmp_path)}
+  assert records['cut']['matting'] == 'alpha' and records['photo']['matting'] == 'plain'
+  view = records['photo']['input_view']
+  assert view.shape == (64, 64, 4) and view[32, 32, 3] == 255 and view[2, 2, 3] == 0
+  # random noise has no plain background: one line naming the file
+  Image.fromarray(_rgba(3)[..., :3], 'RGB').save(tmp_path / 'noise.png')
+  with pytest.raises(InputError, match=r'noise\.png: no plain background found'):
+    images.load_folder(tmp_path)
 
 
 def test_load_folder_bad_paths_and_elevation(tmp_path):
@@ -226,7 +243,7 @@ def test_load_folder_reports_every_bad_file_at_once(tmp_path):
   Image.fromarray(_rgba(1)[..., :3], 'RGB').save(tmp_path / 'x.png')
   (tmp_path / 'y.png').write_bytes(b'junk')
   with pytest.raises(InputError, match=r'2 of 3 inputs in .* are invalid: .*x\.png has no alpha .* \| .*y\.png'):
-    images.load_folder(tmp_path)
+    images.load_folder(tmp_path, matting='alpha')     # the image's own mask required: x.png has none
 
 
 def test_records_share_one_format():

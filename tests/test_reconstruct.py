@@ -69,10 +69,20 @@ def test_strip_and_folder_load_the_same(tmp_path):
   np.testing.assert_array_equal(strip.mask, folder.mask)
 
 
-def test_views_without_alpha_use_the_white_background_rule(tmp_path):
-  v = neus_data.load_views(disc_views(tmp_path, alpha=False))
-  assert v.mask_source == 'white-background'
-  assert v.mask[0, 128, 128] == 1 and v.mask[0, 0, 0] == 0
+def test_views_without_alpha_are_matted_and_the_white_rule_stays_by_name(tmp_path):
+  d = disc_views(tmp_path, alpha=False)
+  yy, xx = np.mgrid[:256, :256]
+  disc = ((yy - 128) ** 2 + (xx - 128) ** 2) < (256 / 5) ** 2
+  v = neus_data.load_views(d)                              # auto: no alpha -> the plain matte of each view
+  assert v.mask_source == 'plain'
+  assert ((v.mask > 0.5) == disc).mean() > 0.995
+  w = neus_data.load_views(d, matting='white')             # the original's pseudo_fg rule, by name
+  assert w.mask_source == 'white-background'
+  assert w.mask[0, 128, 128] == 1 and w.mask[0, 0, 0] == 0
+  with pytest.raises(neus_data.ViewsError, match='no usable alpha channel'):
+    neus_data.load_views(d, matting='alpha')
+  with pytest.raises(neus_data.ViewsError, match='unknown matting'):
+    neus_data.load_views(d, matting='carvekit')
 
 
 def test_batches_are_a_function_of_seed_and_step_and_walk_passes_like_the_original():
@@ -238,7 +248,10 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   good = tmp_path / 'good'
-  Image.new('RGBA', (4096, 256), (255, 0, 0, 255)).save(good.with_suffix('.png'))
+  yy, xx = np.mgrid[:256, :4096]
+  disc = (((yy - 128) ** 2 + (xx % 256 - 128) ** 2) < 50 ** 2).astype(np.uint8) * 255   # a red disc in each view
+  Image.fromarray(np.dstack([np.full((256, 4096), 255, np.uint8), np.zeros((256, 4096, 2), np.uint8), disc]),
+                  'RGBA').save(good.with_suffix('.png'))
   r = run_cli(*TINY_FLAGS, f'--config.input={good.with_suffix(".png")}', f'--config.output_dir={blocker}/sub')
   assert r.returncode == 2 and 'not writable' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

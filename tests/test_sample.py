@@ -69,6 +69,8 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(finished, demo_run):
   assert m['settings']['input_sha256'] == pipeline.digest.file_sha256(DEMO / '000.png')
   assert m['lowering'] == {'conv': 'tuned', 'attn': 'fast', 'im2col_max_pixels': 16}   # provenance (CPU default)
   assert 'lowering' not in m['settings']
+  # an RGBA input keeps the original's path: its own alpha, crop_size, no cut-out file, the same settings keys
+  assert m['matting'] == 'alpha' and m['settings']['crop_size'] == -1 and 'matting' not in m['settings']
   first = np.asarray(Image.open(out / '1.png'))
   # A rerun samples nothing; after losing one instance, only that one is redone, identically. A truncated
   # strip (a kill during a non-atomic copy, a full disk) is not a finished one.
@@ -102,6 +104,31 @@ def test_rerun_with_other_settings_is_refused_and_changes_nothing(finished, fiel
   assert '\n' not in msg and 'holds instances made with other settings' in msg and named in msg
   assert 'use another output_dir' in msg
   assert _snapshot(c.output_dir) == before
+
+
+def test_a_plain_photo_is_matted_cropped_and_its_cutout_kept(tmp_path):
+  """A JPEG on white (no alpha): matted ('plain'), framed with photo_crop_size, the cut-out the model saw
+  saved as input_rgba.png and recorded (by hash) in the settings; a rerun samples nothing."""
+  rgba = np.asarray(Image.open(DEMO / '000.png').convert('RGBA'))
+  a = rgba[..., 3:] / np.float32(255)
+  Image.fromarray((rgba[..., :3] * a + 255 * (1 - a)).round().astype(np.uint8)).save(tmp_path / 'bell.jpg',
+                                                                                     quality=95)
+  c = _config(tmp_path, input=str(tmp_path / 'bell.jpg'))
+  m = pipeline.run(c)['bell']
+  out = pathlib.Path(c.output_dir) / 'bell'
+  assert _outputs(out) == ['0.png', '1.png', 'grid.png', 'input_rgba.png', 'manifest.json']
+  assert m['matting'] == 'plain' and m['settings']['matting'] == 'plain' and m['settings']['crop_size'] == 200
+  cut = np.asarray(Image.open(out / 'input_rgba.png'))
+  assert cut.shape == (256, 256, 4)
+  assert m['settings']['cutout_sha256'] == pipeline.digest.arrays_sha256([cut])
+  ys, xs = np.nonzero(cut[..., 3])
+  assert max(ys.max() - ys.min(), xs.max() - xs.min()) in range(196, 201)     # the object framed at 200 px
+  before = _snapshot(c.output_dir)
+  pipeline.run(c)
+  assert _snapshot(c.output_dir) == before
+  # another matte of the same photo is another input to the model: refused, not reused
+  with pytest.raises(pipeline.UserError, match=r'other settings \((crop_size|cutout_sha256)'):
+    pipeline.run(dataclasses.replace(c, photo_crop_size=180))
 
 
 def test_rerun_with_another_input_image_is_refused(finished):
@@ -257,6 +284,7 @@ def _rgb_png(path):
     ('missing', 'not found'),
     ('not_image', 'not an image'),
     ('no_alpha', 'has no alpha channel'),
+    ('no_foreground', 'no foreground found'),
     ('elevation', 'elevation must be in [-10, 40] degrees'),
     ('guidance', 'unknown guidance mode'),
     ('unwritable', 'not writable'),
@@ -269,7 +297,9 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, needle)
   elif case == 'not_image':
     (tmp_path / 'text.png').write_text('hello')
     kw['input'] = str(tmp_path / 'text.png')
-  elif case == 'no_alpha':
+  elif case == 'no_alpha':              # matting 'alpha' asks for the image's own mask
+    kw['input'], kw['matting'] = _rgb_png(tmp_path / 'rgb.png'), 'alpha'
+  elif case == 'no_foreground':         # 'auto' mattes an RGB image: a flat grey one has no object
     kw['input'] = _rgb_png(tmp_path / 'rgb.png')
   elif case == 'elevation':
     kw['elevation'] = 60.0

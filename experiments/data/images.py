@@ -1,7 +1,8 @@
 """Study records (`experiments.data`'s format) from the user's own images, and from GSO TFDS examples.
 
-Images are found and validated exactly as the sampler's inputs (`hv_jax.data.preprocess`: `find_inputs`,
-`load_rgba`, `check_elevation`), so a bad file gets the same one-line `InputError`. Elevations default to
+Images are found, validated and cut out exactly as the sampler's inputs (`hv_jax.data.preprocess`:
+`find_inputs`, `load_rgba`, `check_elevation`; `hv_jax.data.matting` for images without a usable alpha), so a
+bad file gets the same one-line error. Elevations default to
 `elevation_deg`; an `elevations.json` ({"name": degrees, ...}, names = file stems) in the folder overrides it
 per image.
 """
@@ -13,6 +14,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from hv_jax.data import matting as matting_lib
 from hv_jax.data import preprocess
 from hv_jax.data.preprocess import InputError
 from hv_jax.data.views import NUM_VIEWS
@@ -21,9 +23,10 @@ ELEVATIONS_FILE = 'elevations.json'
 _MAX_LISTED = 3   # errors quoted in full when several inputs are bad
 
 
-def make_record(name: str, input_view, elevation, gt_views=None, mesh_path: str = '') -> dict:
+def make_record(name: str, input_view, elevation, gt_views=None, mesh_path: str = '', matting: str = 'alpha') -> dict:
   """One checked record: `input_view` [H, W, 4] uint8, `elevation` in degrees within [-10, 40],
-  `gt_views` [16, H, W, 4] uint8 or None, `mesh_path` '' for none."""
+  `gt_views` [16, H, W, 4] uint8 or None, `mesh_path` '' for none, `matting` where the input's alpha came from
+  ('alpha': its own; 'plain' / 'rembg': a matte, and then the sampler frames it with photo_crop_size)."""
   name = str(name)
   if not name:
     raise InputError('a record needs a non-empty name')
@@ -40,7 +43,7 @@ def make_record(name: str, input_view, elevation, gt_views=None, mesh_path: str 
       raise InputError(f'{name}: gt_views must be a [{NUM_VIEWS}, H, W, 4] uint8 array, '
                        f'got {gt_views.shape} {gt_views.dtype}')
   return {'name': name, 'input_view': view, 'elevation': float(elevation), 'gt_views': gt_views,
-          'mesh_path': str(mesh_path or '')}
+          'mesh_path': str(mesh_path or ''), 'matting': str(matting)}
 
 
 def _text(value) -> str:
@@ -84,13 +87,14 @@ def read_elevations(path: Path, names: Sequence[str]) -> Dict[str, float]:
   return {name: float(deg) for name, deg in table.items()}
 
 
-def load_folder(path, elevation_deg: float = 30.0) -> List[dict]:
-  """Records of the RGBA images named by `path`, sorted by name (`gt_views` None, `mesh_path` '').
+def load_folder(path, elevation_deg: float = 30.0, matting: str = 'auto', model: str = '') -> List[dict]:
+  """Records of the images named by `path`, sorted by name (`gt_views` None, `mesh_path` '').
 
-  `path` is what `preprocess.find_inputs` takes: a folder of images (.png, .webp, .jpg, ...; JPEGs have no
-  alpha, so they are refused), an image file, or GSO-style object folders (view 000 is read; use
-  `gso_eval.load_gso` for their ground truth). Every image is checked before anything is returned; bad ones
-  raise one InputError (quoting each bad file's message).
+  `path` is what `preprocess.find_inputs` takes: a folder of images (.png, .webp, .jpg, ...), an image file,
+  or GSO-style object folders (view 000 is read; use `gso_eval.load_gso` for their ground truth). An image
+  without a usable alpha is cut out with `matting` (hv_jax.data.matting; `model`: the rembg model file), as
+  the sampler does. Every image is checked before anything is returned; bad ones raise one InputError
+  (quoting each bad file's message).
   """
   found = preprocess.find_inputs(path)
   try:
@@ -101,10 +105,19 @@ def load_folder(path, elevation_deg: float = 30.0) -> List[dict]:
   names = [name for name, _ in found]
   table = read_elevations(root / ELEVATIONS_FILE, names) if root.is_dir() else {}
   records, errors = [], []
+  session = None
   for name, file in found:
     try:
-      records.append(make_record(name, np.array(preprocess.load_rgba(file)), table.get(name, elevation_deg)))
-    except InputError as e:
+      photo = matting_lib.load_photo(file)
+      method = matting_lib.resolve(matting, photo.alpha, model)
+      if method == 'alpha':
+        view = np.array(preprocess.load_rgba(file))
+      else:
+        if method == 'rembg' and session is None:
+          session = matting_lib.rembg_session(model)
+        view = matting_lib.cutout(photo.rgb, matting_lib.matte(photo.rgb, method, session=session, name=str(file)))
+      records.append(make_record(name, view, table.get(name, elevation_deg), matting=method))
+    except (InputError, matting_lib.MattingError) as e:
       errors.append(str(e))
   if len(errors) == 1:
     raise InputError(errors[0])

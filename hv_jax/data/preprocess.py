@@ -38,9 +38,8 @@ _ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 # Modes that may carry a colour-key transparency (`info['transparency']`, e.g. a PNG tRNS chunk).
 _KEYED_MODES = ('P', 'L', 'RGB', '1')
 
-_NO_ALPHA_HINT = ('SyncDreamer needs the object mask as alpha. Remove the background first '
-                  '(e.g. `rembg i in.png out.png`, or the original\'s foreground_segment.py with carvekit) '
-                  'and pass the RGBA PNG')
+_NO_ALPHA_HINT = ('SyncDreamer needs the object mask as alpha: let the sampler cut the object out '
+                  '(--config.matting=auto, the default) or pass an RGBA cut-out')
 
 
 class InputError(ValueError):
@@ -115,8 +114,8 @@ def _check_int(value, what: str) -> int:
   return int(value)
 
 
-def prepare_image(img: Image.Image, crop_size: int = -1, image_size: int = 256) -> np.ndarray:
-  """The original's image preprocessing: [image_size, image_size, 3] float32 in [-1, 1], white background.
+def prepare_rgba(img: Image.Image, crop_size: int = -1, image_size: int = 256) -> Image.Image:
+  """The original's framing: the RGBA `image_size` square the model sees (before compositing on white).
 
   `crop_size` -1 keeps the framing (pad to a square, resize); otherwise the object's alpha bounding box is
   rescaled so its longer side is `crop_size` pixels (1..image_size) and centred.
@@ -147,17 +146,25 @@ def prepare_image(img: Image.Image, crop_size: int = -1, image_size: int = 256) 
       raise InputError(f'input image: the object ({w}x{h} pixels) is too thin to rescale to crop_size '
                        f'{crop_size}; use a larger crop_size or -1')
     ref_img_ = ref_img_.resize((w_, h_), resample=Image.Resampling.BICUBIC)
-    image_input = add_margin(ref_img_, size=image_size)
-  else:
-    image_input = add_margin(image_input, size=max(image_input.height, image_input.width))
-    image_input = image_input.resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
+    return add_margin(ref_img_, size=image_size)
+  image_input = add_margin(image_input, size=max(image_input.height, image_input.width))
+  return image_input.resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
 
-  image_input = np.asarray(image_input)
+
+def composite_on_white(rgba: Image.Image) -> np.ndarray:
+  """RGBA -> [S, S, 3] float32 in [-1, 1]: `/255`, RGB composited on white with the alpha (the original)."""
+  image_input = np.asarray(rgba)
   image_input = image_input.astype(np.float32) / 255.0
   ref_mask = image_input[:, :, 3:]
   image_input[:, :, :3] = image_input[:, :, :3] * ref_mask + 1 - ref_mask  # white background
   image_input = image_input[:, :, :3] * 2.0 - 1.0
   return np.ascontiguousarray(image_input, dtype=np.float32)
+
+
+def prepare_image(img: Image.Image, crop_size: int = -1, image_size: int = 256) -> np.ndarray:
+  """The original's image preprocessing: [image_size, image_size, 3] float32 in [-1, 1], white background
+  (`prepare_rgba`, then `composite_on_white`)."""
+  return composite_on_white(prepare_rgba(img, crop_size, image_size))
 
 
 def check_elevation(deg) -> float:

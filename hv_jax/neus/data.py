@@ -4,10 +4,11 @@ Inputs:
 - a 256x4096 strip (16 views of 256x256 left to right), as `hv_jax.sample` and the original write them;
 - or a folder of 16 views `000.png ... 015.png` (a GSO-eval object folder).
 
-Colours are composited on white. Masks are the alpha channel when the images carry one. The original
-predicts masks with carvekit (a segmentation network, not part of this project); for images without
-alpha we use the white-background rule that the original applies to pick its foreground rays
-(`pseudo_fg`: a pixel is foreground unless all three channels are > 0.99), and say so in the log.
+Colours are composited on white. Masks (`matting`): 'auto' (the default) takes the alpha channel when the
+images carry a usable one, else a matte of each view (hv_jax.data.matting: 'plain' for the generated views
+on white, or 'rembg' with a model file), as the original masks its generated views with a segmentation
+network (carvekit) before NeuS. 'white' is the rule the original applies to pick its foreground rays
+(`pseudo_fg`: a pixel is foreground unless all three channels are > 0.99). The log says which ran.
 
 Rays follow `_construct_ray_batch`: pixel (u, v) at integer coordinates, d = normalize(R^T K^-1 [u, v, 1]),
 o = -R^T t; order view-major, then row, then column.
@@ -27,6 +28,7 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
+from hv_jax.data import matting as matting_lib
 from hv_jax.data.views import NUM_VIEWS, VIEW_FILES, join_strip, split_strip
 from hv_jax.models.cameras import default_cameras
 
@@ -41,7 +43,7 @@ class ViewsError(ValueError):
 class Views:
   rgb: np.ndarray      # [16, H, W, 3] float32 in [0, 1], composited on white
   mask: np.ndarray     # [16, H, W] float32 in [0, 1]
-  mask_source: str     # 'alpha' | 'white-background'
+  mask_source: str     # 'alpha' | 'plain' | 'rembg' | 'white-background'
 
 
 def _open(path: Path) -> Image.Image:
@@ -65,8 +67,15 @@ def _split(img: Image.Image, where: str) -> Tuple[np.ndarray, np.ndarray | None]
   return np.asarray(img.convert('RGB')), None
 
 
-def load_views(path, image_size: int = IMAGE_SIZE) -> Views:
-  """Reads a strip or a folder of 16 views; ViewsError on wrong sizes, missing views or an empty mask."""
+MATTING = ('auto', 'alpha', 'plain', 'rembg', 'white')
+
+
+def load_views(path, image_size: int = IMAGE_SIZE, matting: str = 'auto', model: str = '', session=None) -> Views:
+  """Reads a strip or a folder of 16 views; ViewsError on wrong sizes, missing views or an empty mask.
+
+  matting: how the masks are made (module docstring); model / session: the rembg model file or session."""
+  if matting not in MATTING:
+    raise ViewsError(f'unknown matting {matting!r}: use one of {", ".join(MATTING)}')
   path = Path(path)
   if path.is_dir():
     files = [path / name for name in VIEW_FILES]
@@ -98,17 +107,37 @@ def load_views(path, image_size: int = IMAGE_SIZE) -> Views:
   else:
     raise ViewsError(f'{path}: no such file or folder (give a 256x4096 strip or a folder of 16 views)')
 
+  has_alpha = alpha is not None and matting_lib.usable_alpha(alpha)
+  if matting == 'alpha' and not has_alpha:
+    raise ViewsError(f'{path}: the views have no usable alpha channel: use --config.matting=auto, plain or rembg')
+  method = ('alpha' if has_alpha else ('rembg' if model or session else 'plain')) if matting == 'auto' else matting
+  rgb8 = rgb
   rgb = rgb.astype(np.float32) / 255
-  if alpha is not None and np.any(alpha < 255):
+  if method == 'alpha':
     a = alpha.astype(np.float32) / 255
     rgb = rgb * a[..., None] + (1 - a[..., None])
     mask, source = a, 'alpha'
-  else:
+  elif method == 'white':
     mask, source = (~np.all(rgb > 0.99, -1)).astype(np.float32), 'white-background'
+  else:
+    if method == 'rembg' and session is None:
+      session = matting_lib.rembg_session(model)
+    mask, source = np.stack([_matte_view(v, i, method, session, path) for i, v in enumerate(rgb8)]), method
   empty = [i for i in range(NUM_VIEWS) if not np.any(mask[i] > 0.5)]
   if len(empty) == NUM_VIEWS:
     raise ViewsError(f'{path}: the object mask is empty in every view ({source}): nothing to reconstruct')
   return Views(rgb.astype(np.float32), mask.astype(np.float32), source)
+
+
+def _matte_view(rgb8: np.ndarray, i: int, method: str, session, path) -> np.ndarray:
+  """One view's matte; a view with no foreground (a generated view can be blank) gets an empty mask, which
+  load_views refuses only when every view is empty."""
+  try:
+    return matting_lib.matte(np.ascontiguousarray(rgb8), method, session=session, name=f'{path} view {i:03d}')
+  except matting_lib.MattingError as e:
+    if 'no foreground' not in str(e):
+      raise
+    return np.zeros(rgb8.shape[:2], np.float32)
 
 
 def make_rays(Ks: np.ndarray, poses: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,8 @@ class ReconstructSettings:
   gt_mesh: str = ''              # a GT mesh: metrics.json gets Chamfer / volume IoU (hv_jax.metrics.geometry)
   gt_name: str = ''              # GSO-eval object name, selects the GT rotation (default: the input's folder name)
   gt_rotation: Optional[float] = None   # degrees, for a GT mesh of another object
+  matting: str = 'auto'          # masks: auto (the views' alpha if usable, else rembg if matting_model, else plain) | alpha | plain | rembg | white (the original's rule)
+  matting_model: str = ''        # rembg model file (u2net.onnx, isnet-general-use.onnx, ...); nothing is downloaded
 
   def loop_config(self) -> LoopConfig:
     return LoopConfig(batch_num=int(self.batch_num), fg_num=int(self.fg_num), seed=int(self.seed),
@@ -93,6 +95,8 @@ class ReconstructSettings:
         raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
       if str(self.mesh_floor) not in neus_mesh.FLOORS:
         raise ValueError(f'mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
+      if str(self.matting) not in neus_data.MATTING:
+        raise ValueError(f'--config.matting={self.matting}: expected one of {", ".join(neus_data.MATTING)}')
       _check_ranges(self)
     except (TypeError, ValueError) as e:
       raise UserError(str(e)) from None
@@ -185,7 +189,20 @@ def input_hashes(path) -> Dict[str, str]:
 
 # config fields that do not change the result: a finished output made with other values is still valid
 NOT_IN_IDENTITY = ('input', 'output_dir', 'progress', 'overwrite', 'gt_mesh', 'gt_name', 'gt_rotation', 'save_every',
-                   'mesh_slab')   # the GT's name and rotation are in the identity as gt_name, gt_rotation_deg
+                   'mesh_slab', 'matting', 'matting_model')
+# the GT's name and rotation are in the identity as gt_name, gt_rotation_deg; the masks as `masks` (mask_identity)
+
+
+def mask_identity(views, s: 'ReconstructSettings') -> dict:
+  """What the masks were made with, for identities: nothing for the views' own alpha (as results of earlier
+  versions record it), else the method (and the rembg model file's hash): a result or checkpoint made with
+  other masks is never reused."""
+  if views.mask_source == 'alpha':
+    return {}
+  masks = {'method': views.mask_source}
+  if views.mask_source == 'rembg':
+    masks['model_sha256'] = digest.file_sha256(os.path.expanduser(s.matting_model))
+  return {'masks': masks}
 
 
 def default_gt_name(input_path) -> str:
@@ -241,7 +258,7 @@ def run(s: ReconstructSettings) -> Dict[str, Any]:
   if not s.input:
     raise UserError('no input: pass --config.input=PATH (a 256x4096 strip or a folder of 16 views)')
   try:
-    views = neus_data.load_views(s.input)
+    views = neus_data.load_views(s.input, matting=str(s.matting), model=str(s.matting_model))
   except neus_data.ViewsError as e:
     raise UserError(str(e)) from None
   gt_mesh = str(s.gt_mesh or '')
@@ -269,7 +286,7 @@ def run(s: ReconstructSettings) -> Dict[str, Any]:
   inputs = input_hashes(s.input)
   identity = _json_roundtrip({
       'input_sha256': inputs, 'gt_mesh_sha256': digest.file_sha256(gt_mesh) if gt_mesh else None,
-      'gt_name': gt_name, 'gt_rotation_deg': rotation, 'config': s.identity()})
+      'gt_name': gt_name, 'gt_rotation_deg': rotation, 'config': s.identity(), **mask_identity(views, s)})
 
   out = Path(s.output_dir)
   metrics_path, mesh_path = out / 'metrics.json', out / 'mesh.ply'
@@ -311,7 +328,8 @@ def run(s: ReconstructSettings) -> Dict[str, Any]:
     data = neus_data.ray_dataset(views)
     try:
       params, history = train.fit(data, cfg, tc, lc, checkpoint_dir=str(ckpt), progress=s.progress,
-                                  on_log=check_finite, data_identity={'input_sha256': inputs})
+                                  on_log=check_finite,
+                                  data_identity={'input_sha256': inputs, **mask_identity(views, s)})
     except train.CheckpointMismatch as e:
       raise UserError(f'{e}: use another output_dir or --config.overwrite=True') from None
     t_train = time.time() - t0

@@ -35,7 +35,7 @@ from hv_jax import checks
 from hv_jax import digest
 from hv_jax import parallel
 from hv_jax import settings as settings_lib
-from hv_jax.data import preprocess
+from hv_jax.data import matting, preprocess
 from hv_jax.data import views as views_lib
 from hv_jax.data.views import NUM_VIEWS, join_strip, to_uint8
 from hv_jax.errors import UserError
@@ -68,7 +68,10 @@ class SampleSettings:
   checkpoint_cache: str = ''     # where a .ckpt is converted to (default: <ckpt>.hv_jax beside it)
   model: str = ''                # model dims: '' = from the checkpoint, 'full', 'tiny', or a JSON path
   elevation: float = 30.0        # input-view elevation in degrees (trained range [-10, 40])
-  crop_size: int = -1            # object rescaled to crop_size inside 256x256; -1 keeps the image (original)
+  crop_size: int = -1            # RGBA inputs: object rescaled to crop_size inside 256x256; -1 keeps the image (original)
+  matting: str = 'auto'          # cut-out of the input: auto (its alpha if usable, else rembg if matting_model, else plain) | alpha | plain | rembg
+  matting_model: str = ''        # rembg model file (u2net.onnx, isnet-general-use.onnx, ...); nothing is downloaded
+  photo_crop_size: int = 200     # matted inputs: crop_size (SyncDreamer's advice for in-the-wild images: 200 of 256)
   sample_num: int = 4            # instances per input
   seed: int = 6033               # the original's default seed
   guidance: str = 'harmonyview'  # 'harmonyview' (Eq. 9) | 'cfg' (Eq. 5) | 'none'
@@ -111,9 +114,16 @@ class SampleSettings:
       checks.number(self, field)
     checks.number(self, 'eta', lo=0, hint='DDIM eta: 0 deterministic, 1 the original')
     # elevation: preprocess.check_elevation (finite, in the trained range) in load_inputs, before any work
-    checks.number(self, 'crop_size', lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
-    if int(self.crop_size) == 0:
-      raise UserError('--config.crop_size=0: must be -1 (keep the framing) or in [1, 256]')
+    for field in ('crop_size', 'photo_crop_size'):
+      checks.number(self, field, lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
+      if int(getattr(self, field)) == 0:
+        raise UserError(f'--config.{field}=0: must be -1 (keep the framing) or in [1, 256]')
+    try:
+      matting.resolve(self.matting, None, self.matting_model)
+    except matting.MattingError as e:
+      raise UserError(f'--config.matting={self.matting}: {e}') from e
+    if self.matting == 'rembg' and not self.matting_model:
+      raise UserError(f'--config.matting=rembg needs --config.matting_model=FILE ({matting.REMBG_HINT})')
     checks.number(self, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
     checks.number(self, 'decode_chunk', lo=1, hi=16, integer=True)
     checks.number(self, 'per_device_batch', lo=1, integer=True)
@@ -293,16 +303,41 @@ class Job:
   elevation: float       # radians
   input_id: int          # input_id_of(name)
   sha256: str = ''       # of the input image file
+  matting: str = 'alpha'                # the method that gave the mask: 'alpha' (the image's own) | 'plain' | 'rembg'
+  crop_size: int = -1                   # the crop used (crop_size for RGBA inputs, photo_crop_size for matted ones)
+  cutout: Optional[np.ndarray] = None   # matted inputs: the RGBA [256, 256, 4] uint8 the model saw (input_rgba.png)
+
+
+INPUT_RGBA = 'input_rgba.png'
 
 
 def load_inputs(s: SampleSettings) -> List[Job]:
-  """Finds, validates and prepares every input (the original's prepare_inputs at 256 px)."""
+  """Finds, validates and prepares every input (the original's prepare_inputs at 256 px).
+
+  An input with a usable alpha channel (matting 'auto' or 'alpha') takes the original's path unchanged. Any
+  other image (RGB, JPEG, ...) is matted (hv_jax.data.matting), then framed with `photo_crop_size`."""
   try:
     found = preprocess.find_inputs(s.input)
     elevation = preprocess.check_elevation(float(s.elevation))
-    return [Job(name, preprocess.prepare_image(preprocess.load_rgba(path), int(s.crop_size), 256), elevation,
-                input_id_of(name), digest.file_sha256(path))
-            for name, path in found]
+    photos = [matting.load_photo(path) for _, path in found]     # every input read before any matting
+    methods = [matting.resolve(s.matting, p.alpha, s.matting_model) for p in photos]
+    session = matting.rembg_session(s.matting_model) if 'rembg' in methods else None
+    jobs = []
+    for (name, path), photo, method in zip(found, photos, methods):
+      job = Job(name, None, elevation, input_id_of(name), digest.file_sha256(path), method, int(s.crop_size))
+      if method == 'alpha':
+        job.image = preprocess.prepare_image(preprocess.load_rgba(path), int(s.crop_size), 256)
+        logging.info('%s: mask from its alpha channel', name)
+      else:
+        alpha = matting.matte(photo.rgb, method, alpha=photo.alpha, session=session, name=str(path))
+        rgba = preprocess.prepare_rgba(Image.fromarray(matting.cutout(photo.rgb, alpha), 'RGBA'),
+                                       int(s.photo_crop_size), 256)
+        job.crop_size, job.cutout = int(s.photo_crop_size), np.asarray(rgba)
+        job.image = preprocess.composite_on_white(rgba)
+        logging.info('%s: cut out with the %s matte%s', name, method,
+                     ''.join(f'; {n}' for n in photo.notes))
+      jobs.append(job)
+    return jobs
   except preprocess.InputError as e:
     raise UserError(str(e)) from e
 
@@ -330,8 +365,11 @@ def settings_of(s: SampleSettings, job: Job, weights: Weights, sconf: SamplerCon
       'sample_steps': sconf.steps,     # the timesteps, not the spacing's name: equal schedules are the same
       'timesteps': [int(t) for t in schedule.ddim_timesteps(sconf.steps, sconf.ddim_spacing)],
       'eta': float(s.eta), 'seed': int(s.seed), 'latent': sconf.latent, 'dtype': sconf.dtype,
-      'elevation_deg': float(s.elevation), 'crop_size': int(s.crop_size),
+      'elevation_deg': float(s.elevation), 'crop_size': job.crop_size,
       'image_size': weights.model_config.image_size}
+  if job.cutout is not None:       # a matted input: the cut-out the model saw is what the strips depend on
+    settings['matting'] = job.matting
+    settings['cutout_sha256'] = digest.arrays_sha256([job.cutout])
   if modes.mode(sconf.guidance).uses_uc2_concat_scale:
     settings['uc2_concat_scale'] = sconf.uc2_concat_scale
   return json.loads(json.dumps(settings, allow_nan=False))    # as manifest.json stores it (tuples -> lists)
@@ -400,6 +438,7 @@ def manifest_of(s: SampleSettings, job: Job, settings: dict, weights: Weights, s
       'elevation_deg': settings['elevation_deg'],
       'instance_keys': 'fold_in(fold_in(PRNGKey(seed), input_id = crc32(input name)), instance_id)',
       'config': settings_lib.as_json(s),
+      'matting': job.matting,          # which mask the input had: its own alpha, or a matte (then input_rgba.png)
       # Provenance of the run that last wrote this manifest, not a checked setting: a lowering changes float
       # rounding only (docs/speed.md), so a rerun under another one may add strips, like the memory knobs.
       'lowering': dataclasses.asdict(weights.model_config.lowering()),
@@ -455,6 +494,8 @@ def sample_units(s: SampleSettings, units, params, weights, sconf, scales, setti
         if job.name not in pending:   # the manifest (settings, complete=False) goes before the folder's new strips
           atomic.write_json(out / job.name / MANIFEST,
                             manifest_of(s, job, settings[job.name], weights, sconf, complete=False))
+          if job.cutout is not None:
+            atomic.write_png(out / job.name / INPUT_RGBA, job.cutout)
           pending.add(job.name)
         atomic.write_png(out / job.name / f'{k}.png', join_strip(to_uint8(v)))
       bar.update(len(chunk))
@@ -542,6 +583,8 @@ def write_summaries(s: SampleSettings, out, jobs, settings, weights, sconf, timi
       continue
     strips = [np.asarray(Image.open(p).convert('RGB')) for p in paths]
     atomic.write_png(folder / 'grid.png', np.concatenate(strips, 0))
+    if job.cutout is not None and not (folder / INPUT_RGBA).is_file():
+      atomic.write_png(folder / INPUT_RGBA, job.cutout)
     manifest = manifest_of(s, job, settings[job.name], weights, sconf, complete=True, instances=instances,
                            strips_sha256={str(k): digest.file_sha256(p) for k, p in zip(instances, paths)},
                            timings=timings)
