@@ -2,7 +2,7 @@
 evaluate against the GT meshes (Chamfer, volume IoU, minutes per object).
 
   PYTHONPATH=. python benchmarks/neus_gso.py --gso PATH/gso-eval --out outputs/neus_gso [--objects bell,cream]
-      [--no-alpha --extra '--config.matting=plain']
+      [--no-alpha --extra=--config.matting=plain]
 
 --no-alpha: the GT views are first written without their alpha (RGB composited on white, as generated views
 come), so the masks are made by `matting` (docs/matting.md: plain against the original's white rule).
@@ -43,7 +43,8 @@ def main():
   p.add_argument('--out', default='outputs/neus_gso')
   p.add_argument('--objects', default='', help='comma list (default: every object folder with a model.obj)')
   p.add_argument('--config', default='configs/neus_fast.py')
-  p.add_argument('--extra', default='', help='extra flags for hv_jax.reconstruct, space separated')
+  p.add_argument('--extra', default='', help='extra flags for hv_jax.reconstruct, space separated '
+                                             '(--extra=--config.x=1: with the =, argparse takes it as a value)')
   p.add_argument('--no-alpha', action='store_true', help='reconstruct from RGB copies of the views (no alpha)')
   a = p.parse_args()
   names = a.objects.split(',') if a.objects else sorted(
