@@ -13,6 +13,12 @@ import os
 
 import pytest
 
+# rembg imports pymatting, whose numba functions (alpha-matting post-processing, which hv_jax never calls) are
+# compiled on the first import in a fresh environment: 82 s of a CI run, for nothing any test runs. No test runs
+# numba code, so the suite turns numba's compiler off (before anything imports numba). A user's first
+# `import rembg` still compiles once; numba caches it in the installed package.
+os.environ.setdefault('NUMBA_DISABLE_JIT', '1')
+
 CACHE_SETTINGS = {
     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',     # every program, however quick to compile
     'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',     # of any size
