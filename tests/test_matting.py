@@ -53,7 +53,7 @@ def test_plain_matte_of_gso_views(kind, target):
       rgba, gt = gt_view(obj, view)
       bg = {'white': [255, 255, 255], 'plain colour': rng.uniform(0, 255, 3)}.get(kind)
       img = on(rgba, bg if bg is not None else gradient_bg(rgba.shape[0], rng))
-      if kind == 'gradient' and obj == 'cream':
+      if kind == 'gradient' and obj == 'cream':   # composited all the same: bell's draws stay as measured
         continue
       alpha = matting.matte(img, 'plain')
       assert alpha.dtype == np.float32 and alpha.shape == gt.shape and 0 <= alpha.min() and alpha.max() <= 1

@@ -6,13 +6,12 @@ Methods (`METHODS`):
   alpha  the image's own alpha channel (what the original expects: an RGBA cut-out).
   plain  a classical matte for an object on a plain or smoothly varying background (studio and product
          photos, renders, generated images on white): a smooth background model fitted to the image border
-         (the lowest polynomial order per channel, constant to cubic, that fits it;
-         robust to the object touching the border), the background grown
-         from the border over pixels that fit that model (so light parts of the object that do not touch the
-         border stay foreground; optionally refined with OpenCV's GrabCut, refine='grabcut', which measured
-         worse on every background kind of docs/matting.md), the largest component kept with its holes
-         filled, then a soft edge by unmixing against the background model. Computed at <= `WORK_SIZE` px
-         and brought back to full size.
+         (per channel, the lowest polynomial order from constant to cubic that fits it; robust to the object
+         touching the border), the background grown from the border over pixels that fit that model (so
+         light parts of the object that do not touch the border stay foreground; optionally refined with
+         OpenCV's GrabCut, refine='grabcut', which measured worse on every background kind of
+         docs/matting.md), the largest component kept with its holes filled, then a soft edge by unmixing
+         against the background model. Computed at <= `WORK_SIZE` px and brought back to full size.
   rembg  the rembg package (onnxruntime) with a model file the user gives (u2net.onnx, isnet-general-use.onnx,
          birefnet-general.onnx, ...): nothing is downloaded here (`rembg_session`).
   auto   alpha if the image has a usable one, else rembg if a model file is given, else plain (`resolve`).
