@@ -26,7 +26,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from hv_jax import optional
+from hv_jax import optional, raycast
 from hv_jax.models.cameras import default_cameras
 
 # get_gt_rotate_angle of eval_mesh.py, in degrees, for the 30 objects of the GSO evaluation set (the folders of
@@ -114,30 +114,16 @@ def normalize_gt(vertices: np.ndarray, angle_deg: float) -> np.ndarray:
 
 
 def _intersector(mesh: Mesh):
-  tm = optional.trimesh().Trimesh(mesh.vertices, mesh.faces, process=False)
-  return optional.ray_pyembree().RayMeshIntersector(tm)
+  return raycast.intersector(mesh.vertices, mesh.faces)
 
 
 def render_depth(mesh: Mesh, K: np.ndarray, pose: np.ndarray, height: int = 256, width: int = 256,
                  pixel_offset: float = 0.5, intersector=None) -> Tuple[np.ndarray, np.ndarray]:
   """Camera-space depth (z) of the first hit through each pixel, and the hit mask; pixel (u, v) is sampled
   at (u + pixel_offset, v + pixel_offset)."""
-  inter = intersector or _intersector(mesh)
-  K = np.asarray(K, np.float64)
-  R, t = np.asarray(pose, np.float64)[:, :3], np.asarray(pose, np.float64)[:, 3]
-  v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing='ij')
-  pix = np.stack([u + pixel_offset, v + pixel_offset, np.ones_like(u)], -1).reshape(-1, 3)
-  d_cam = pix @ np.linalg.inv(K).T                       # z = 1 in camera space
-  d_world = d_cam @ R                                     # R^T d
-  origin = -R.T @ t
-  locs, ray_idx, _ = inter.intersects_location(np.broadcast_to(origin, d_world.shape), d_world,
-                                               multiple_hits=False)
-  depth = np.zeros(height * width)
-  mask = np.zeros(height * width, bool)
-  z = (locs @ R.T + t)[:, 2]
-  depth[ray_idx] = z
-  mask[ray_idx] = True
-  return depth.reshape(height, width), mask.reshape(height, width)
+  hits = raycast.cast(mesh.vertices, mesh.faces, K, pose, height, width, pixel_offset=pixel_offset,
+                      mesh_intersector=intersector)
+  return hits.depth, hits.mask
 
 
 def surface_points(mesh: Mesh, cameras: Optional[Tuple[np.ndarray, np.ndarray]] = None,
