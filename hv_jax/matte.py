@@ -20,7 +20,7 @@ from absl import logging
 
 from hv_jax import atomic, cli, settings
 from hv_jax.data import matting
-from hv_jax.data.preprocess import IMAGE_SUFFIXES
+from hv_jax.data import preprocess
 from hv_jax.errors import UserError
 
 
@@ -41,23 +41,11 @@ class MatteSettings:
 
 
 def input_files(spec: str):
-  """The image files named by `spec` (comma-separated files and folders; a folder's images sorted by name)."""
-  files = []
-  for part in (p.strip() for p in spec.split(',') if p.strip()):
-    p = Path(part).expanduser()
-    if p.is_dir():
-      found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
-                     and not c.name.startswith('.'))
-      if not found:
-        raise UserError(f'{p}: no images in this folder ({", ".join(IMAGE_SUFFIXES)})')
-      files.extend(found)
-    else:
-      files.append(p)          # a missing file is reported by load_photo, in one line
-  names = [f.stem for f in files]
-  dup = sorted({n for n in names if names.count(n) > 1})
-  if dup:
-    raise UserError(f'two inputs would write the same output {dup[0]}.png: rename one')
-  return files
+  """The image files named by `spec` (comma-separated files and folders; preprocess.image_files)."""
+  try:
+    return preprocess.image_files(spec)
+  except preprocess.InputError as e:
+    raise UserError(str(e)) from None
 
 
 def run(s: MatteSettings) -> dict:

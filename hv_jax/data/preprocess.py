@@ -235,3 +235,26 @@ def find_inputs(path: PathLike) -> List[Tuple[str, Path]]:
                      'an object folder with 000.png ... 015.png, or a folder of such object folders')
   stems = [c.stem for c in images]
   return [(c.stem if stems.count(c.stem) == 1 else c.name.replace('.', '_'), c) for c in images]
+
+
+def image_files(spec: str) -> List[Path]:
+  """The image files named by `spec` (comma-separated files and folders; a folder's images sorted by name).
+
+  InputError for a folder without images or two inputs with the same name (they would write the same
+  outputs); a missing file is left to the reader, which says so in one line."""
+  files = []
+  for part in (p.strip() for p in spec.split(',') if p.strip()):
+    p = Path(part).expanduser()
+    if p.is_dir():
+      found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
+                     and not c.name.startswith('.'))
+      if not found:
+        raise InputError(f'{p}: no images in this folder ({", ".join(IMAGE_SUFFIXES)})')
+      files.extend(found)
+    else:
+      files.append(p)
+  names = [f.stem for f in files]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise InputError(f'two inputs would write the same output {dup[0]}.png: rename one')
+  return files

@@ -107,6 +107,16 @@ def load_views(path, image_size: int = IMAGE_SIZE, matting: str = 'auto', model:
   else:
     raise ViewsError(f'{path}: no such file or folder (give a 256x4096 strip or a folder of 16 views)')
 
+  return views_from_arrays(rgb, alpha, matting, model, session, where=str(path))
+
+
+def views_from_arrays(rgb: np.ndarray, alpha, matting: str = 'auto', model: str = '', session=None,
+                      where: str = 'views') -> Views:
+  """16 views rgb [16, H, W, 3] uint8 (+ alpha [16, H, W] uint8 or None) -> Views: colours on white, masks by
+  `matting` (load_views' rule). ViewsError when the mask is empty in every view."""
+  if matting not in MATTING:
+    raise ViewsError(f'unknown matting {matting!r}: use one of {", ".join(MATTING)}')
+  path = where
   has_alpha = alpha is not None and matting_lib.usable_alpha(alpha)
   if matting == 'alpha' and not has_alpha:
     raise ViewsError(f'{path}: the views have no usable alpha channel: use --config.matting=auto, plain or rembg')

@@ -1,0 +1,160 @@
+"""The photo-to-asset command on the tiny random model: every stage's outputs from a plain JPEG, the estimated
+elevation's second round, a rerun that redoes nothing, a changed setting that redoes only its stage, and bad
+input as one line with nothing partial."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import parity as P
+from hv_jax import cli, digest, settings
+from hv_jax.errors import UserError
+from hv_jax.pipeline import image_to_3d, stages
+
+PHOTO = P.ROOT / 'hv_jax' / 'assets' / 'demo' / 'bell_photo.jpg'
+
+
+def _config(out, **kw) -> image_to_3d.ImageTo3DSettings:
+  """configs/image_to_3d_demo.py shortened for a test: 2 DDIM steps (the sampler program of tests/test_sample.py's
+  demo run, so the run-wide compilation cache can share it), 30 NeuS steps, a 64^3 mesh, small texture."""
+  c = settings.from_dict(image_to_3d.ImageTo3DSettings,
+                         cli.load_config(P.ROOT / 'configs' / 'image_to_3d_demo.py').to_dict())
+  sample = dataclasses.replace(c.sample, sample_steps=2, progress=False)
+  train = dataclasses.replace(c.neus.train, total_steps=30, decay_interval=30)
+  neus = dataclasses.replace(c.neus, train=train, save_every=10, mesh_resolution=64, progress=False)
+  return dataclasses.replace(c, output_dir=str(out), sample=sample, neus=neus, texture_size=128, preview_frames=4,
+                             **kw)
+
+
+def _files(d):
+  d = pathlib.Path(d)
+  return {str(p.relative_to(d)): digest.file_sha256(p) for p in sorted(d.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+  """One run from the JPEG with elevation 'auto' and tolerance 0: the estimate always starts a second round."""
+  out = tmp_path_factory.mktemp('i23d') / 'out'
+  s = _config(out, elevation_tolerance=0.0)
+  return s, image_to_3d.run(s)['bell_photo'], out / 'bell_photo'
+
+
+def test_every_stage_writes_its_outputs(demo):
+  s, report, folder = demo
+  for name in ('input_rgba.png', 'elevation.json', 'mesh.glb', 'mesh.obj', 'turntable.gif', 'preview.png', 'report.json'):
+    assert (folder / name).is_file(), name
+  cut = np.asarray(Image.open(folder / 'input_rgba.png'))
+  assert cut.shape == (256, 256, 4) and report['prepare']['matting'] == 'plain'
+  ys, xs = np.nonzero(cut[..., 3] > 127)
+  assert abs(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 - s.crop_size) <= 2     # framed to crop_size
+  el = report['elevation']
+  assert el['mode'] == 'auto' and el['prior_deg'] == 30.0 and -10 <= el['estimate_deg'] <= 40
+  assert len(report['rounds']) == (1 if el['estimate_deg'] == 30.0 else 2)
+  assert el['used_deg'] == report['rounds'][-1]['elevation_deg']
+  for r in report['rounds']:
+    assert len(r['scores']) == 2 and r['chosen'] in (0, 1) and r['chosen_by'] == 'score'
+    assert r['chosen'] == int(np.argmax([sc['total'] for sc in r['scores']]))
+    strip = np.asarray(Image.open(folder / r['folder'] / 'views.png'))
+    assert strip.shape == (256, 4096, 3)
+  assert report['weights'].startswith('random')
+  assert set(report['seconds']) >= {'prepare', 'elevation', 'export', 'total'}
+  on_disk = json.loads((folder / 'report.json').read_text())
+  assert on_disk['rounds'] == json.loads(json.dumps(report['rounds']))
+
+
+def test_the_asset_opens_in_trimesh_with_its_texture(demo):
+  import trimesh
+  _, _, folder = demo
+  scene = trimesh.load(folder / 'mesh.glb')
+  geoms = list(scene.geometry.values()) if hasattr(scene, 'geometry') else [scene]
+  assert len(geoms) == 1 and len(geoms[0].faces) > 0
+  assert isinstance(geoms[0].visual, trimesh.visual.texture.TextureVisuals)
+  assert geoms[0].visual.material.baseColorTexture is not None
+  obj = trimesh.load(folder / 'mesh.obj', force='mesh')
+  assert len(obj.faces) == len(geoms[0].faces)
+  gif = Image.open(folder / 'turntable.gif')
+  assert gif.n_frames == 4
+
+
+def test_a_rerun_redoes_nothing_and_a_changed_setting_redoes_only_its_stage(demo, tmp_path):
+  s, _, folder = demo
+  before = _files(folder)
+  report = image_to_3d.run(s)['bell_photo']
+  assert _files(folder) == {**before, 'report.json': digest.file_sha256(folder / 'report.json')}
+  assert report['outputs'] and report['rounds'] == json.loads(json.dumps(image_to_3d.run(s)['bell_photo']['rounds']))
+  records = {p.stem: json.loads(p.read_text()) for p in (folder / stages.STAGES).glob('*.json')}
+  # texture_size changes the export only: its record is replaced, the others are kept as they were
+  image_to_3d.run(dataclasses.replace(s, texture_size=64))
+  after = {p.stem: json.loads(p.read_text()) for p in (folder / stages.STAGES).glob('*.json')}
+  assert {k for k in after if after[k] != records[k]} == {'export'}
+  assert after['export']['identity']['texture_size'] == 64
+
+
+def test_a_killed_stage_leaves_no_record_and_runs_again(tmp_path):
+  calls = []
+
+  def compute():
+    calls.append(1)
+    (tmp_path / 'a.txt').write_text('x')
+    if len(calls) == 1:
+      raise KeyboardInterrupt       # killed after writing its output, before its record
+    return {'n': len(calls)}
+
+  with pytest.raises(KeyboardInterrupt):
+    stages.cached(tmp_path, 's', {'k': 1}, ['a.txt'], compute)
+  assert not (tmp_path / stages.STAGES / 's.json').exists()
+  assert stages.cached(tmp_path, 's', {'k': 1}, ['a.txt'], compute) == {'n': 2, 'seconds': pytest.approx(0, abs=5),
+                                                                       'skipped': False}
+  assert stages.cached(tmp_path, 's', {'k': 1}, ['a.txt'], compute)['skipped']
+  (tmp_path / 'a.txt').write_text('edited')                       # an output changed by hand: redone
+  assert not stages.cached(tmp_path, 's', {'k': 1}, ['a.txt'], compute)['skipped']
+  assert not stages.cached(tmp_path, 's', {'k': 2}, ['a.txt'], compute)['skipped']     # other settings: redone
+
+
+@pytest.mark.parametrize('change,message', [
+    ({'input': ''}, 'no input'),
+    ({'elevation': 'high'}, "--config.elevation='high'"),
+    ({'elevation': '75'}, 'elevation'),
+    ({'select': 5}, '--config.select=5'),
+    ({'crop_size': 0}, '--config.crop_size=0'),
+])
+def test_bad_settings_are_one_line(tmp_path, change, message):
+  s = _config(tmp_path / 'out', input=str(PHOTO))
+  with pytest.raises(UserError, match=message.replace('(', r'\(')):
+    image_to_3d.run(dataclasses.replace(s, **change))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_fields_the_pipeline_sets_are_refused_in_the_blocks(tmp_path):
+  s = _config(tmp_path / 'out')
+  bad = dataclasses.replace(s, sample=dataclasses.replace(s.sample, elevation=10.0))
+  with pytest.raises(UserError, match=r'--config.sample.elevation is set by the pipeline: use --config.elevation'):
+    image_to_3d.run(bad)
+
+
+def test_bad_inputs_from_the_command_line_are_one_line_and_write_nothing(tmp_path):
+  fake = tmp_path / 'fake.png'
+  fake.write_text('not an image')
+  env = dict(os.environ, PYTHONPATH=str(P.ROOT))
+  cases = [([f'--config.input={fake}'], 'fake.png'),
+           ([f'--config.input={tmp_path / "missing.jpg"}'], 'not found'),
+           ([f'--config.input={PHOTO}', '--config.checkpoint=/nonexistent/ckpt'], '/nonexistent/ckpt')]
+  for extra, message in cases:
+    out = tmp_path / 'out'
+    r = subprocess.run([sys.executable, '-m', 'hv_jax.image_to_3d', f'--config={P.ROOT}/configs/image_to_3d_demo.py',
+                        f'--config.output_dir={out}', *extra], capture_output=True, text=True, env=env, cwd=P.ROOT,
+                       timeout=600)
+    assert r.returncode != 0, r.stdout
+    err = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith('error:') and message in err[0], r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
+    partial = [p for p in out.rglob('*') if p.is_file()] if out.exists() else []
+    assert not any(p.suffix in ('.glb', '.ply') for p in partial), partial
