@@ -127,8 +127,12 @@ class ImageTo3DSettings:
 
 def prepare(s: ImageTo3DSettings, path: Path, folder: Path) -> Dict[str, Any]:
   """The cut-out the model sees: folder/input_rgba.png (256 px RGBA), the object framed to crop_size."""
+  try:
+    photo = matting.load_photo(path)       # a missing or unreadable image is one line, before anything is written
+  except preprocess.InputError as e:
+    raise UserError(str(e)) from None
+
   def compute():
-    photo = matting.load_photo(path)
     method = matting.resolve(s.matting, photo.alpha, s.matting_model)
     session = matting.rembg_session(s.matting_model) if method == 'rembg' else None
     alpha = matting.matte(photo.rgb, method, alpha=photo.alpha, session=session, name=str(path))
