@@ -1,0 +1,88 @@
+"""Per-stage seconds and peak memory of `python -m hv_jax.image_to_3d`, against an in-run float32 matmul.
+
+Each configuration runs in its own subprocess (its peak RSS is its own, from getrusage of the child), into a
+fresh output folder; the stage seconds come from its report.json. The matmul rate is measured in this process
+before and after, so the figures can be compared across machines and loads as a ratio.
+
+  PYTHONPATH=. python benchmarks/image_to_3d.py                       # the demo config (tiny random model)
+  PYTHONPATH=. python benchmarks/image_to_3d.py --configs demo,full   # + the full-size model (random weights)
+
+`full` is configs/image_to_3d.py with random full-size weights at reduced work for a CPU: 1 instance, 2 DDIM
+steps, the given elevation (30, one round), NeuS (neus_fast) at 200 steps; its seconds per DDIM step and per
+NeuS step are what scale to the real settings (50 steps, 4 instances, 800 NeuS steps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIGS = {
+    'demo': ['--config=configs/image_to_3d_demo.py'],
+    'full': ['--config=configs/image_to_3d.py', f'--config.input={ROOT}/hv_jax/assets/demo/bell_photo.jpg',
+             '--config.checkpoint=random', '--config.sample.model=full', '--config.sample.sample_num=1',
+             '--config.sample.sample_steps=2', '--config.elevation=30',
+             '--config.neus.train.total_steps=200', '--config.neus.train.decay_interval=200'],
+}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  jax.block_until_ready(f(a, a))
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best / 1e9
+
+
+def run(name: str, out: str) -> dict:
+  cmd = [sys.executable, '-m', 'hv_jax.image_to_3d', *CONFIGS[name], f'--config.output_dir={out}']
+  before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+  t0 = time.time()
+  r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  wall = time.time() - t0
+  if r.returncode:
+    sys.exit(f'{name} failed:\n{r.stderr[-3000:]}')
+  peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+  reports = [json.load(open(os.path.join(out, d, 'report.json'))) for d in os.listdir(out)
+             if os.path.isfile(os.path.join(out, d, 'report.json'))]
+  return {'wall_s': wall, 'peak_rss_gib': max(peak, before) / 2 ** 20, 'seconds': reports[0]['seconds'],
+          'note': 'peak RSS is the largest of this and earlier children' if peak == before else ''}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--configs', default='demo')
+  a = p.parse_args()
+  names = [n for n in a.configs.split(',') if n]
+  rate0 = matmul_gflops()
+  results = {}
+  for n in names:
+    with tempfile.TemporaryDirectory() as out:
+      results[n] = run(n, out)
+  rate1 = matmul_gflops()
+  rate = max(rate0, rate1)
+  print(f'in-run float32 2048^3 matmul: {rate0:.1f} GFLOP/s before, {rate1:.1f} after (best {rate:.1f})')
+  print('| config | stage | seconds | seconds x matmul GFLOP/s / 1000 |')
+  print('|---|---|---|---|')
+  for n, r in results.items():
+    for stage, sec in r['seconds'].items():
+      print(f'| {n} | {stage} | {sec:.1f} | {sec * rate / 1000:.2f} |')
+    print(f'| {n} | (process wall, incl. start-up) | {r["wall_s"]:.1f} | {r["wall_s"] * rate / 1000:.2f} |')
+    print(f'| {n} | peak RSS GiB | {r["peak_rss_gib"]:.2f} {r["note"]} | |')
+
+
+if __name__ == '__main__':
+  main()
