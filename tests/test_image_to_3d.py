@@ -158,3 +158,47 @@ def test_bad_inputs_from_the_command_line_are_one_line_and_write_nothing(tmp_pat
     assert 'Traceback' not in r.stderr
     partial = [p for p in out.rglob('*') if p.is_file()] if out.exists() else []
     assert not any(p.suffix in ('.glb', '.ply') for p in partial), partial
+
+
+def test_kill_9_during_neus_then_rerun_finishes_with_the_uninterrupted_result(demo, tmp_path):
+  """A run killed while NeuS trains resumes there: the round's mesh is the one an uninterrupted run made."""
+  import signal
+  import time
+  s, _, folder = demo
+  out = tmp_path / 'out'
+  args = [sys.executable, '-m', 'hv_jax.image_to_3d', f'--config={P.ROOT}/configs/image_to_3d_demo.py',
+          f'--config.output_dir={out}', '--config.elevation=30', '--config.sample.sample_steps=2',
+          '--config.sample.progress=False', '--config.neus.train.total_steps=30', '--config.neus.train.decay_interval=30',
+          '--config.neus.save_every=10', '--config.neus.mesh_resolution=64', '--config.neus.progress=False',
+          '--config.texture_size=128', '--config.preview_frames=4']
+  env = dict(os.environ, PYTHONPATH=str(P.ROOT))
+  ckpt = out / 'bell_photo' / 'rounds' / 'e+30.0' / 'neus' / 'checkpoints'
+  p = subprocess.Popen(args, cwd=P.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  t0 = time.time()
+  while not (ckpt.is_dir() and any(c.name.isdigit() for c in ckpt.iterdir())):
+    assert p.poll() is None, p.communicate()[1].decode()[-2000:]
+    assert time.time() - t0 < 900
+    time.sleep(0.2)
+  os.kill(p.pid, signal.SIGKILL)
+  p.wait()
+  assert not (out / 'bell_photo' / 'mesh.glb').exists()
+  r = subprocess.run(args, cwd=P.ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-2000:]
+  done = out / 'bell_photo'
+  assert (done / 'mesh.glb').is_file() and (done / 'report.json').is_file()
+  ref = folder / 'rounds' / 'e+30.0'
+  for rel in ('views.png', 'neus/mesh.ply'):
+    assert digest.file_sha256(done / 'rounds' / 'e+30.0' / rel) == digest.file_sha256(ref / rel), rel
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path):
+  ro = tmp_path / 'ro'
+  ro.mkdir()
+  ro.chmod(0o500)
+  try:
+    if os.access(ro, os.W_OK):
+      pytest.skip('running as a user who can write anywhere')
+    with pytest.raises(UserError, match='not writable'):
+      image_to_3d.run(_config(ro / 'out', input=str(PHOTO)))
+  finally:
+    ro.chmod(0o700)
