@@ -106,6 +106,7 @@ def test_glb_and_obj_reload_in_trimesh(tmp_path, scene, baked):
   p = asset.write_glb(tmp_path / 'vc.glb', scene['v'], scene['f'], vertex_colors=scene['vc'])
   m = trimesh.load(p, force='mesh', process=False)
   assert len(m.faces) == len(scene['f'])
+  np.testing.assert_allclose(m.vertices, scene['v'][:, [0, 2, 1]] * [1, 1, -1], atol=1e-6)    # y-up: (x, z, -y)
   np.testing.assert_allclose(m.visual.vertex_colors[:, :3] / 255, scene['vc'], atol=1 / 255 + 1e-9)
   p = asset.write_glb(tmp_path / 'tex.glb', v2, f2, uv=uv, texture=tex)
   m = trimesh.load(p, force='mesh', process=False)
@@ -119,6 +120,7 @@ def test_glb_and_obj_reload_in_trimesh(tmp_path, scene, baked):
   assert 'map_Kd mesh_texture.png' in mtl and 'Kd 1.0 1.0 1.0' in mtl
   m = trimesh.load(tmp_path / 'mesh.obj', process=False)
   assert m.visual.kind == 'texture' and len(m.faces) == len(f2)
+  np.testing.assert_allclose(m.vertices, asset.to_y_up(v2), atol=1e-6)
   np.testing.assert_array_equal(np.asarray(m.visual.material.image.convert('RGB')), tex)
   assert not [q for q in os.listdir(tmp_path) if q.endswith('.tmp')]           # atomic writes leave no temp file
 

@@ -10,9 +10,9 @@ Method (`bake_texture`):
 3. views: each texel's point is projected into every view; it counts as seen by a view when the view's first
    hit (hv_jax.raycast.cast of the same mesh at that camera) lies at the point's depth within
    `depth_tolerance`, the view's mask there is foreground (>= `mask_threshold`), and it faces the camera
-   (|cos| > `min_cos`, either winding). Its colour is the bilinear sample of the view, weighted by cos^`cos_power` (cos between
-   the normal and the direction to the camera: frontal views dominate, grazing ones, which smear, hardly
-   count) times the mask value;
+   (|cos| > `min_cos`, either winding). Its colour is the bilinear sample of the view, weighted by
+   |cos|^`cos_power` (cos between the normal and the direction to the camera: frontal views dominate, grazing
+   ones, which smear, hardly count) times the mask value;
 4. holes: texels no view sees get the interpolated vertex colours when given, else their nearest seen texel;
 5. seams: every texel outside the charts takes the colour of its nearest chart texel, so bilinear and
    mip-mapped lookups at chart borders never mix in the empty background.

@@ -2,6 +2,11 @@
 
 Every file is written atomically (hv_jax.atomic: temporary file in the same folder, then os.replace); the
 files of a set are written texture first, OBJ last, so an OBJ on disk always finds its MTL and PNG.
+Axes: the project's meshes are z-up (SyncDreamer's world frame: the cameras orbit +z). glTF is y-up by its
+spec, and Blender's and most viewers' OBJ import assume y-up too, so the files hold (x, z, -y) (`Y_UP`, a
+rotation of -90 degrees about x): the object stands upright in a viewer, its front (azimuth 0, +x) kept.
+mesh.ply stays in the project's frame.
+
 The textured material is glTF PBR with metallic 0 and roughness 1 (a plain diffuse look in viewers);
 the OBJ's MTL names the PNG as map_Kd, with Kd 1 and Ks 0 (the texture as it is, no highlight).
 """
@@ -20,6 +25,12 @@ from hv_jax.asset import texture as texture_lib
 from hv_jax.errors import UserError
 
 TEXTURE_NAME = 'mesh_texture'   # the PNG of an OBJ is mesh_texture.png beside it
+Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])   # z-up -> y-up: (x, y, z) -> (x, z, -y)
+
+
+def to_y_up(vertices: np.ndarray) -> np.ndarray:
+  """Vertices [V, 3] of the project's z-up frame in the y-up frame of the written files."""
+  return np.asarray(vertices, np.float64) @ Y_UP.T
 
 
 def _colors_u8(vertex_colors, n: int) -> np.ndarray:
@@ -41,9 +52,10 @@ def _texture_u8(texture) -> np.ndarray:
 
 
 def _trimesh(vertices, faces, vertex_colors=None, uv=None, texture=None, name: str = TEXTURE_NAME):
-  """A trimesh.Trimesh (not processed: no vertex is merged or dropped) with its colours or texture."""
+  """A y-up trimesh.Trimesh (not processed: no vertex is merged or dropped) with its colours or texture."""
   trimesh = optional.trimesh()
   v, f = texture_lib.check_mesh(vertices, faces)
+  v = to_y_up(v)
   if (uv is None) != (texture is None):
     raise UserError('a textured mesh needs both uv and texture')
   if uv is not None:
@@ -62,7 +74,7 @@ def _trimesh(vertices, faces, vertex_colors=None, uv=None, texture=None, name: s
 
 def write_glb(path, vertices: np.ndarray, faces: np.ndarray, vertex_colors: Optional[np.ndarray] = None,
               uv: Optional[np.ndarray] = None, texture: Optional[np.ndarray] = None) -> str:
-  """A GLB file: vertex colours [V, 3] (uint8, or float in [0, 1]) as COLOR_0, or with uv [V, 2] (OBJ
+  """A GLB file (y-up: `to_y_up`): vertex colours [V, 3] (uint8, or float in [0, 1]) as COLOR_0, or with uv [V, 2] (OBJ
   convention, v up) and texture [S, S, 3] a baseColorTexture. Returns the path."""
   mesh = _trimesh(vertices, faces, vertex_colors, uv, texture)
   data = mesh.export(file_type='glb')
@@ -71,7 +83,7 @@ def write_glb(path, vertices: np.ndarray, faces: np.ndarray, vertex_colors: Opti
 
 
 def write_obj(path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, texture: np.ndarray) -> dict:
-  """PATH (.obj), PATH's stem + .mtl and mesh_texture.png beside it: a textured OBJ set.
+  """PATH (.obj), PATH's stem + .mtl and mesh_texture.png beside it: a textured OBJ set (y-up: `to_y_up`).
 
   Returns {'obj': path, 'mtl': path, 'texture': path}."""
   path = Path(path)

@@ -73,7 +73,7 @@ class ReconstructSettings:
   gt_rotation: Optional[float] = None   # degrees, for a GT mesh of another object
   matting: str = 'auto'          # masks: auto (the views' alpha if usable, else rembg if matting_model, else plain) | alpha | plain | rembg | white (the original's rule)
   matting_model: str = ''        # rembg model file (u2net.onnx, isnet-general-use.onnx, ...); nothing is downloaded
-  texture: bool = False          # also bake a texture from the input views: textured mesh.glb + mesh.obj/.mtl/mesh_texture.png (hv_jax.asset)
+  texture: bool = False          # bake a texture from the input views: textured mesh.glb + mesh.obj (docs/export.md)
   texture_size: int = 1024       # texture side in texels (with texture=True)
 
   def loop_config(self) -> LoopConfig:
