@@ -98,17 +98,29 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np
   return v, f
 
 
-def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int) -> np.ndarray:
-  """K of a render_size square render from distance 1.5 in which the mesh's bounding sphere (about the
-  origin) fits at every elevation: the 16-view focal length, or a shorter one for meshes that would leave
-  the frame (only the scale changes, which the crop framing removes; the perspective is the distance's)."""
-  r = float(np.linalg.norm(vertices[np.unique(faces)], axis=-1).max())
-  if r >= raycast.DISTANCE:
-    raise ElevationError(f'the mesh reaches {r:.2f} from the origin, beyond the camera distance '
+def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
+                      elevations: Sequence[float] = CANDIDATES, azimuth_deg: float = 0.0) -> np.ndarray:
+  """K of a render_size square render from distance 1.5 in which the mesh fills at most `FIT` of the frame
+  from every one of `elevations`: the mesh's convex hull projected by each camera (only the scale changes,
+  which the crop framing removes; the perspective is the distance's). The largest such focal length gives
+  the silhouettes the most pixels. ElevationError for a mesh that reaches the camera."""
+  points = vertices[np.unique(faces)]
+  r = float(np.linalg.norm(points, axis=-1).max())
+  if r >= 0.95 * raycast.DISTANCE:
+    raise ElevationError(f'the mesh reaches {r:.2f} from the origin, about the camera distance '
                          f'{raycast.DISTANCE}: it is not in SyncDreamer\'s frame (an object of size ~1 at the origin)')
-  half_angle = np.tan(np.arcsin(r / raycast.DISTANCE))
-  focal_256 = min(raycast.FOCAL_256, FIT * 128.0 / half_angle)
-  return raycast.intrinsics(render_size, focal_256)
+  try:
+    from scipy.spatial import ConvexHull
+    points = points[ConvexHull(points).vertices]
+  except Exception:  # noqa: BLE001  (a flat or degenerate mesh: use every vertex)
+    pass
+  lo, hi = min(elevations), max(elevations)
+  tan = 0.0
+  for e in np.unique(np.concatenate([np.asarray(elevations, np.float64), np.linspace(lo, hi, 11)])):
+    pose = raycast.look_at_pose(azimuth_deg, float(e))
+    cam = points @ pose[:, :3].T + pose[:, 3]
+    tan = max(tan, float((np.abs(cam[:, :2]) / cam[:, 2:]).max()))
+  return raycast.intrinsics(render_size, min(raycast.FOCAL_256, FIT * 128.0 / max(tan, 1e-6)))
 
 
 def silhouettes(vertices: np.ndarray, faces: np.ndarray, elevations: Sequence[float], render_size: int = SIZE,
@@ -116,7 +128,7 @@ def silhouettes(vertices: np.ndarray, faces: np.ndarray, elevations: Sequence[fl
   """[E, render_size, render_size] bool silhouettes of the mesh from (azimuth, each elevation), distance 1.5."""
   v, f = _check_mesh(vertices, faces)
   inter = mesh_intersector or raycast.intersector(v, f)
-  K = render_intrinsics(v, f, render_size)
+  K = render_intrinsics(v, f, render_size, elevations, azimuth_deg)
   return np.stack([raycast.silhouette(v, f, K, raycast.look_at_pose(azimuth_deg, e), render_size,
                                       mesh_intersector=inter) for e in elevations])
 
@@ -137,7 +149,7 @@ def estimate(input_mask: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
   if len(grid) == 0 or not np.isfinite(grid).all():
     raise ElevationError(f'candidates must be finite elevations in degrees, got {list(candidates)!r}')
   inter = raycast.intersector(v, f)
-  K = render_intrinsics(v, f, render_size)
+  K = render_intrinsics(v, f, render_size, (grid[0], grid[-1]))
   scores = {}
 
   def score(elevations):
