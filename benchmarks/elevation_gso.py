@@ -6,7 +6,8 @@
 For every object folder of `--gso` with a GT mesh (model.obj): the mesh is normalised into the views' frame
 (hv_jax.metrics.geometry.normalize_gt with the object's GT rotation), and the convention is checked first: its
 silhouette at azimuth 0, elevation 30 (the 16-view camera, K of camera-16.pkl) against view 000's alpha (IoU).
-Then the GT silhouette at azimuth 0 and each of `--elevations` is the input mask, and the elevation is
+Then the GT silhouette at azimuth 0 and each of `--elevations` (256 px; the views' focal length, or 0.8 x the
+estimator's where the object would touch the frame) is the input mask, and the elevation is
 estimated (a) from the GT mesh itself (checks the conventions end to end) and (b) from each reconstruction
 `--recon`/<object>/{mesh.ply, mesh_nofloor.ply} that exists (e.g. neus_fast from the GT views; objects
 without one are skipped and counted). Prints per object the absolute errors, then per mesh kind the median,
@@ -71,7 +72,10 @@ def main(argv=None) -> int:
   for name in names:
     v, f = gt_mesh(a.gso, name)
     conv = convention_iou(a.gso, name, v, f)
-    K = raycast.intrinsics(256)
+    # the inputs: the views' camera, zoomed out where the object would leave the frame at some elevation
+    # (cream, a cube, is cut by the 256 px frame at 35 deg) and always to another scale than the estimator's
+    fit = elevation.render_intrinsics(v, f, 256, elevations)[0, 0]
+    K = raycast.intrinsics(256, min(raycast.FOCAL_256, 0.8 * fit))
     inputs = [raycast.silhouette(v, f, K, raycast.look_at_pose(0.0, e), 256) for e in elevations]
     meshes = {'gt': (v, f)}
     for r in RECON_FILES if a.recon else ():

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from hv_jax import raycast
@@ -144,6 +145,10 @@ def estimate(input_mask: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
   `refine_step` within one coarse step of it (clipped to the grid's range). ElevationError for an empty mask,
   a mesh without triangles or one whose silhouette is empty at every candidate."""
   target = normalize_mask(input_mask, size, crop_size)
+  m = _binary(input_mask, 'mask')
+  if m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any():
+    logging.warning('the object touches the border of the input image: its outline is cut there, which the '
+                    'silhouettes are not, so the elevation estimate may be off')
   v, f = _check_mesh(vertices, faces)
   grid = np.unique(np.asarray(candidates, np.float64))
   if len(grid) == 0 or not np.isfinite(grid).all():
