@@ -134,3 +134,11 @@ def test_cli_bad_input_is_one_line(files, capsys):
   assert rc == 2 and err.startswith('error:') and '\n' not in err and 'm.ply' in err
   assert estimate_elevation.main(['--config.mesh=x.ply']) == 2
   assert 'no input' in capsys.readouterr().err
+
+
+def test_cut_outline_is_warned(mesh, caplog):
+  mask = render(mesh, 15.0)
+  cut = mask[:, 40:]                                         # the object cut by the left border
+  with caplog.at_level('WARNING'):
+    elevation.estimate(cut, *mesh, **dict(FAST, refine=False, candidates=np.arange(0, 30.1, 5.0)))
+  assert 'touches the border' in caplog.text
