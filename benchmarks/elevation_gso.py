@@ -1,7 +1,7 @@
 """Elevation estimation (hv_jax.elevation) on GSO-eval objects at known elevations (docs/elevation.md).
 
   PYTHONPATH=. python benchmarks/elevation_gso.py --gso PATH/gso-eval [--recon DIR] [--objects a,b]
-      [--elevations -5,5,15,25,35] [--json results.json]
+      [--elevations -5,5,15,25,35] [--input-distance 1.5] [--distances 1.5] [--json results.json]
 
 For every object folder of `--gso` with a GT mesh (model.obj): the mesh is normalised into the views' frame
 (hv_jax.metrics.geometry.normalize_gt with the object's GT rotation), and the convention is checked first: its
@@ -57,9 +57,14 @@ def main(argv=None) -> int:
   p.add_argument('--recon', default='', help='folder of reconstructions <object>/mesh.ply (and mesh_nofloor.ply)')
   p.add_argument('--objects', default='', help='comma-separated object names (default: every one with a mesh)')
   p.add_argument('--elevations', default='-5,5,15,25,35')
+  p.add_argument('--input-distance', type=float, default=raycast.DISTANCE,
+                 help='camera distance of the input masks (the estimator always renders from 1.5): a photo '
+                      'taken from farther away with a longer lens has less perspective')
+  p.add_argument('--distances', default='1.5', help='camera distances the estimator searches (comma-separated)')
   p.add_argument('--json', default='', help='write every estimate here')
   a = p.parse_args(argv)
   elevations = [float(x) for x in a.elevations.split(',')]
+  distances = [float(x) for x in a.distances.split(',')]
   names = [n for n in (a.objects.split(',') if a.objects else sorted(os.listdir(a.gso)))
            if os.path.isfile(os.path.join(a.gso, n, 'model.obj'))]
   kinds = ['gt'] + ([f'recon:{r}' for r in RECON_FILES] if a.recon else [])
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
   seconds = {k: [] for k in kinds}
   records = []
   skipped = {k: [] for k in kinds}
-  print(f'{len(names)} objects with a GT mesh; elevations {elevations}')
+  print(f'{len(names)} objects with a GT mesh; elevations {elevations}; input camera distance {a.input_distance}; '
+        f'searched distances {distances}')
   print('object         kind                   conv IoU  ' + '  '.join(f'{e:>6g}' for e in elevations))
   for name in names:
     v, f = gt_mesh(a.gso, name)
@@ -75,8 +81,9 @@ def main(argv=None) -> int:
     # the inputs: the views' camera, zoomed out where the object would leave the frame at some elevation
     # (cream, a cube, is cut by the 256 px frame at 35 deg) and always to another scale than the estimator's
     fit = elevation.render_intrinsics(v, f, 256, elevations)[0, 0]
-    K = raycast.intrinsics(256, min(raycast.FOCAL_256, 0.8 * fit))
-    inputs = [raycast.silhouette(v, f, K, raycast.look_at_pose(0.0, e), 256) for e in elevations]
+    zoom = a.input_distance / raycast.DISTANCE        # another camera distance: the same size, less perspective
+    K = raycast.intrinsics(256, min(raycast.FOCAL_256, 0.8 * fit) * zoom)
+    inputs = [raycast.silhouette(v, f, K, raycast.look_at_pose(0.0, e, a.input_distance), 256) for e in elevations]
     meshes = {'gt': (v, f)}
     for r in RECON_FILES if a.recon else ():
       path = os.path.join(a.recon, name, r)
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
       row = []
       for e, mask in zip(elevations, inputs):
         t0 = time.perf_counter()
-        est = elevation.estimate(mask, mv, mf)
+        est = elevation.estimate(mask, mv, mf, distances=distances)
         dt = time.perf_counter() - t0
         err = est.elevation_deg - e
         errors[kind].append(err)
@@ -97,7 +104,8 @@ def main(argv=None) -> int:
         row.append(err)
         records.append({'object': name, 'kind': kind, 'true_deg': e, 'estimate_deg': est.elevation_deg,
                         'error_deg': err, 'iou': est.iou, 'second_best_deg': est.second_best_deg,
-                        'second_best_iou': est.second_best_iou, 'seconds': dt, 'convention_iou': conv})
+                        'second_best_iou': est.second_best_iou, 'distance': est.distance, 'seconds': dt,
+                        'convention_iou': conv})
       print(f'{name:14s} {kind:22s} {conv:8.4f}  ' + '  '.join(f'{x:+6.2f}' for x in row), flush=True)
   print()
   for kind in kinds:

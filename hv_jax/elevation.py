@@ -30,6 +30,7 @@ from hv_jax.errors import UserError
 CANDIDATES = tuple(float(e) for e in np.arange(-10.0, 40.01, 1.0))   # the trained input range, 1 deg apart
 CROP_SIZE = 200            # framing of masks and silhouettes (the sampler's photo_crop_size)
 SIZE = 256                 # side of the framed masks
+DISTANCES = (raycast.DISTANCE,)   # camera distances searched: SyncDreamer's only (see `estimate`)
 REFINE_STEP = 0.25         # degrees: the refinement grid around the best coarse candidate
 FIT = 0.95                 # the mesh's bounding sphere fills at most this fraction of the render
 
@@ -47,6 +48,9 @@ class Estimate:
   scores: Tuple[float, ...]           # IoU of each candidate's framed silhouette with the framed input mask
   second_best_deg: Optional[float]    # the best candidate more than `SEPARATION` degrees from the winner
   second_best_iou: Optional[float]
+  distance: float = raycast.DISTANCE  # the camera distance of the winner (`candidates`, `scores` are at it)
+  distance_scores: Tuple[float, ...] = ()   # the best IoU at each of `distances`
+  distances: Tuple[float, ...] = ()
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -100,16 +104,17 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np
 
 
 def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
-                      elevations: Sequence[float] = CANDIDATES, azimuth_deg: float = 0.0) -> np.ndarray:
-  """K of a render_size square render from distance 1.5 in which the mesh fills at most `FIT` of the frame
+                      elevations: Sequence[float] = CANDIDATES, azimuth_deg: float = 0.0,
+                      distance: float = raycast.DISTANCE) -> np.ndarray:
+  """K of a render_size square render from `distance` in which the mesh fills at most `FIT` of the frame
   from every one of `elevations`: the mesh's convex hull projected by each camera (only the scale changes,
   which the crop framing removes; the perspective is the distance's). The largest such focal length gives
   the silhouettes the most pixels. ElevationError for a mesh that reaches the camera."""
   points = vertices[np.unique(faces)]
   r = float(np.linalg.norm(points, axis=-1).max())
-  if r >= 0.95 * raycast.DISTANCE:
+  if r >= 0.95 * distance:
     raise ElevationError(f'the mesh reaches {r:.2f} from the origin, about the camera distance '
-                         f'{raycast.DISTANCE}: it is not in SyncDreamer\'s frame (an object of size ~1 at the origin)')
+                         f'{distance:g}: it is not in SyncDreamer\'s frame (an object of size ~1 at the origin)')
   try:
     from scipy.spatial import ConvexHull
     points = points[ConvexHull(points).vertices]
@@ -118,7 +123,7 @@ def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
   lo, hi = min(elevations), max(elevations)
   tan = 0.0
   for e in np.unique(np.concatenate([np.asarray(elevations, np.float64), np.linspace(lo, hi, 11)])):
-    pose = raycast.look_at_pose(azimuth_deg, float(e))
+    pose = raycast.look_at_pose(azimuth_deg, float(e), distance)
     cam = points @ pose[:, :3].T + pose[:, 3]
     tan = max(tan, float((np.abs(cam[:, :2]) / cam[:, 2:]).max()))
   return raycast.intrinsics(render_size, min(raycast.FOCAL_256, FIT * 128.0 / max(tan, 1e-6)))
@@ -136,13 +141,16 @@ def silhouettes(vertices: np.ndarray, faces: np.ndarray, elevations: Sequence[fl
 
 def estimate(input_mask: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
              candidates: Sequence[float] = CANDIDATES, size: int = SIZE, crop_size: int = CROP_SIZE,
-             refine: bool = True, refine_step: float = REFINE_STEP, render_size: int = SIZE) -> Estimate:
+             refine: bool = True, refine_step: float = REFINE_STEP, render_size: int = SIZE,
+             distances: Sequence[float] = DISTANCES) -> Estimate:
   """The elevation (degrees) of the view of the mesh, from azimuth 0, whose framed silhouette has the highest
   IoU with the framed `input_mask` ([H, W] bool / float in [0, 1] / uint8 alpha, any resolution).
 
   vertices [V, 3], faces [F, 3]: the mesh in SyncDreamer's frame (+z up, the input view at azimuth 0).
   `candidates`: the coarse grid (default -10..40 by 1); with `refine`, the best is searched again at
-  `refine_step` within one coarse step of it (clipped to the grid's range). ElevationError for an empty mask,
+  `refine_step` within one coarse step of it (clipped to the grid's range). `distances`: the camera distances
+  searched jointly with the elevation (the perspective of the input: 1.5 is SyncDreamer's camera; a photo from
+  farther away with a longer lens has less). ElevationError for an empty mask,
   a mesh without triangles or one whose silhouette is empty at every candidate."""
   target = normalize_mask(input_mask, size, crop_size)
   m = _binary(input_mask, 'mask')
@@ -153,37 +161,42 @@ def estimate(input_mask: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
   grid = np.unique(np.asarray(candidates, np.float64))
   if len(grid) == 0 or not np.isfinite(grid).all():
     raise ElevationError(f'candidates must be finite elevations in degrees, got {list(candidates)!r}')
+  dists = sorted({float(d) for d in distances})
+  if not dists or not all(np.isfinite(d) and d > 0 for d in dists):
+    raise ElevationError(f'distances must be positive camera distances, got {list(distances)!r}')
   inter = raycast.intersector(v, f)
-  K = render_intrinsics(v, f, render_size, (grid[0], grid[-1]))
-  scores = {}
+  Ks = {d: render_intrinsics(v, f, render_size, (grid[0], grid[-1]), distance=d) for d in dists}
+  scores = {}                      # (distance, elevation) -> IoU
 
-  def score(elevations):
+  def score(d, elevations):
     for e in elevations:
       e = float(e)
-      if e in scores:
+      if (d, e) in scores:
         continue
-      sil = raycast.silhouette(v, f, K, raycast.look_at_pose(0.0, e), render_size, mesh_intersector=inter)
+      sil = raycast.silhouette(v, f, Ks[d], raycast.look_at_pose(0.0, e, d), render_size, mesh_intersector=inter)
       try:
-        scores[e] = iou(normalize_mask(sil, size, crop_size), target) if sil.any() else 0.0
+        scores[d, e] = iou(normalize_mask(sil, size, crop_size), target) if sil.any() else 0.0
       except ElevationError:     # a silhouette too thin to frame (an edge-on sheet)
-        scores[e] = 0.0
+        scores[d, e] = 0.0
 
-  score(grid)
+  for d in dists:
+    score(d, grid)
   if max(scores.values()) <= 0.0:
     raise ElevationError('the mesh\'s silhouette is empty from every candidate elevation: is it in '
                          'SyncDreamer\'s frame (centred at the origin, inside the unit box)?')
-  best = max(scores, key=scores.get)
+  dist, best = max(scores, key=scores.get)
   if refine and len(grid) > 1:
     coarse = float(np.min(np.diff(grid)))
     fine = best + np.arange(-coarse, coarse + 1e-9, refine_step)
-    score(np.round(fine[(fine >= grid[0]) & (fine <= grid[-1])], 6))
-    best = max(scores, key=scores.get)
-  es = np.array(sorted(scores))
-  ss = np.array([scores[e] for e in es])
+    score(dist, np.round(fine[(fine >= grid[0]) & (fine <= grid[-1])], 6))
+    dist, best = max(scores, key=scores.get)
+  es = np.array(sorted(e for d, e in scores if d == dist))
+  ss = np.array([scores[dist, e] for e in es])
   far = np.abs(es - best) > SEPARATION
   second = float(es[far][np.argmax(ss[far])]) if far.any() else None
-  return Estimate(float(best), float(scores[best]), tuple(float(e) for e in es), tuple(float(s) for s in ss),
-                  second, float(scores[second]) if second is not None else None)
+  return Estimate(float(best), float(scores[dist, best]), tuple(float(e) for e in es), tuple(float(s) for s in ss),
+                  second, float(scores[dist, second]) if second is not None else None, dist,
+                  tuple(max(s for (d, _), s in scores.items() if d == k) for k in dists), tuple(dists))
 
 
 def input_mask(image_path, matting: str = 'auto', model: Optional[str] = None) -> np.ndarray:
