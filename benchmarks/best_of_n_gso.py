@@ -1,6 +1,7 @@
 """Does hv_jax.scoring rank the ground-truth 16-view set above corrupted sets? (issue 20, docs/best_of_n.md)
 
-  PYTHONPATH=. python benchmarks/best_of_n_gso.py --gso PATH/gso-eval [--objects a,b] [--seed 0] [--json F]
+  PYTHONPATH=. python benchmarks/best_of_n_gso.py --gso PATH/gso-eval [--objects a,b] [--seed 0]
+      [--suite standard|mild] [--json F]
 
 For every object folder of `--gso` (000..015.png RGBA, composited on white; the alpha is the mask; the input
 is view 000 and its alpha), the candidates are the GT set and corrupted copies of it:
@@ -10,15 +11,17 @@ is view 000 and its alpha), the candidates are the GT set and corrupted copies o
   blur_all  all 16 views blurred the same way (view 0 included, so only fidelity to the input can tell)
   colour3   3 views colour-shifted inside the object: hue rotated by 30-60 deg (random sign) and the value
             scaled by a gain in [0.75, 0.9] or [1.1, 1.25]
+`--suite mild` makes each corruption subtler (1 view instead of 3, the replacing azimuth a neighbour 22.5 deg
+away, sigma 1 px, hue 10-20 deg and gain 0.9-0.95 / 1.05-1.1) and adds `frozen` (view 0 repeated 16 times, a
+sampler that did not turn the object): where the score stops telling, for docs/best_of_n.md's limits.
 A corrupted view's mask is its own (blurred or swapped) alpha, as a segmentation of that image would give.
 Corruptions are drawn from `--seed` and the object's position in the sorted list, so reruns score the same
-sets. Prints the GT set's rank per object (1 = first of 6), which candidate beat it, each term's cost per
+sets. Prints the GT set's rank per object (1 = first), which candidate beat it, each term's cost per
 candidate relative to GT (which term catches which corruption), and seconds per instance.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -56,38 +59,53 @@ def colour_shift(rgb, alpha, hue_deg, gain):
   return (color.hsv2rgb(hsv) * a + (1 - a)).astype(np.float32)
 
 
-def candidates(name, data, names, rng):
-  """{candidate: (rgb, masks, what)} for one object."""
+SUITES = {
+    # views corrupted, azimuth-replacement distance (steps of 22.5 deg), blur sigma, hue range, gain ranges
+    'standard': {'views': 3, 'azimuth_steps': None, 'sigma': 2.0, 'hue': (30, 60),
+                 'gain': ((0.75, 0.9), (1.1, 1.25))},
+    'mild': {'views': 1, 'azimuth_steps': 1, 'sigma': 1.0, 'hue': (10, 20), 'gain': ((0.9, 0.95), (1.05, 1.1))},
+}
+
+
+def candidates(name, data, names, rng, suite='standard'):
+  """{candidate: (rgb, masks, what)} for one object (SUITES[suite] sets how strong each corruption is)."""
+  cfg = SUITES[suite]
+  n = cfg['views']
   rgb, alpha = data[name]
   out = {'gt': (rgb, alpha, '')}
-  idx = rng.choice(16, 3, replace=False)
-  src = np.array([rng.choice([j for j in range(16) if j != k]) for k in idx])
+  idx = rng.choice(16, n, replace=False)
+  if cfg['azimuth_steps'] is None:
+    src = np.array([rng.choice([j for j in range(16) if j != k]) for k in idx])
+  else:
+    src = (idx + cfg['azimuth_steps'] * rng.choice([-1, 1], n)) % 16
   r, m = rgb.copy(), alpha.copy()
   r[idx], m[idx] = rgb[src], alpha[src]
   out['azimuth'] = (r, m, f'views {idx.tolist()} <- {src.tolist()}')
   other = rng.choice([o for o in names if o != name])
-  idx = rng.choice(16, 3, replace=False)
+  idx = rng.choice(16, n, replace=False)
   r, m = rgb.copy(), alpha.copy()
   r[idx], m[idx] = data[other][0][idx], data[other][1][idx]
   out['object'] = (r, m, f'views {idx.tolist()} <- {other}')
-  idx = rng.choice(16, 3, replace=False)
+  idx = rng.choice(16, n, replace=False)
   r, m = rgb.copy(), alpha.copy()
   for k in idx:
-    r[k], m[k] = blur(rgb[k], alpha[k])
+    r[k], m[k] = blur(rgb[k], alpha[k], cfg['sigma'])
   out['blur3'] = (r, m, f'views {idx.tolist()}')
   r, m = rgb.copy(), alpha.copy()
   for k in range(16):
-    r[k], m[k] = blur(rgb[k], alpha[k])
+    r[k], m[k] = blur(rgb[k], alpha[k], cfg['sigma'])
   out['blur_all'] = (r, m, 'all')
-  idx = rng.choice(16, 3, replace=False)
+  idx = rng.choice(16, n, replace=False)
   r = rgb.copy()
   what = []
   for k in idx:
-    hue = rng.uniform(30, 60) * rng.choice([-1, 1])
-    gain = rng.uniform(0.75, 0.9) if rng.random() < 0.5 else rng.uniform(1.1, 1.25)
+    hue = rng.uniform(*cfg['hue']) * rng.choice([-1, 1])
+    gain = rng.uniform(*cfg['gain'][0]) if rng.random() < 0.5 else rng.uniform(*cfg['gain'][1])
     r[k] = colour_shift(rgb[k], alpha[k], hue, gain)
     what.append(f'{k}:{hue:+.0f}deg,x{gain:.2f}')
   out['colour3'] = (r, alpha.copy(), ' '.join(what))
+  if suite == 'mild':
+    out['frozen'] = (np.repeat(rgb[:1], 16, 0), np.repeat(alpha[:1], 16, 0), 'view 0 sixteen times')
   return out
 
 
@@ -96,6 +114,9 @@ def main(argv=None):
   ap.add_argument('--gso', required=True)
   ap.add_argument('--objects', default='', help='comma-separated subset (default: every object folder)')
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--suite', default='standard', choices=tuple(SUITES),
+                  help="standard: the issue's corruptions; mild: 1 view, a neighbour azimuth, sigma 1, "
+                       "hue 10-20 deg, gain 0.9-1.1, plus 'frozen' (view 0 repeated 16 times)")
   ap.add_argument('--json', default='')
   args = ap.parse_args(argv)
   names = sorted(d for d in os.listdir(args.gso) if os.path.isfile(os.path.join(args.gso, d, '000.png')))
@@ -107,10 +128,12 @@ def main(argv=None):
     raise SystemExit(f'unknown objects: {missing}')
   data = {o: load(os.path.join(args.gso, o)) for o in names}      # every object: the swap sources
   rows, seconds = [], []
-  print(f'{len(chosen)} objects, {1 + len(CORRUPTIONS)} candidates each, seed {args.seed}', flush=True)
+  corruptions = CORRUPTIONS + (('frozen',) if args.suite == 'mild' else ())
+  print(f'{len(chosen)} objects, {1 + len(corruptions)} candidates each, suite {args.suite}, seed {args.seed}',
+        flush=True)
   for name in chosen:
     rng = np.random.default_rng([args.seed, names.index(name)])
-    cands = candidates(name, data, names, rng)
+    cands = candidates(name, data, names, rng, args.suite)
     rgb0, alpha0 = data[name][0][0], data[name][1][0]
     scores = {}
     for key, (r, m, _) in cands.items():
@@ -123,7 +146,7 @@ def main(argv=None):
     beat = order[:gt_rank - 1]
     rows.append({'object': name, 'gt_rank': gt_rank, 'beaten_by': beat, 'scores': scores,
                  'corruptions': {k: v[2] for k, v in cands.items() if k != 'gt'}})
-    deltas = ' '.join(f'{k}:{scores[k]["total"] - scores["gt"]["total"]:+.3f}' for k in CORRUPTIONS)
+    deltas = ' '.join(f'{k}:{scores[k]["total"] - scores["gt"]["total"]:+.3f}' for k in corruptions)
     print(f'{name:14s} GT rank {gt_rank}/{len(keys)} {"beaten by " + ",".join(beat) if beat else ""}  '
           f'total-GT {deltas}', flush=True)
 
@@ -131,18 +154,18 @@ def main(argv=None):
   first = sum(r['gt_rank'] == 1 for r in rows)
   print(f'\nGT set ranked first: {first}/{n} objects ({100 * first / n:.0f}%); '
         f'seconds per instance: mean {np.mean(seconds):.2f}, max {np.max(seconds):.2f}')
-  print('\n| object | GT rank | beaten by | ' + ' | '.join(f'{c} total - GT' for c in CORRUPTIONS) + ' |')
-  print('|---|---|---|' + '---|' * len(CORRUPTIONS))
+  print('\n| object | GT rank | beaten by | ' + ' | '.join(f'{c} total - GT' for c in corruptions) + ' |')
+  print('|---|---|---|' + '---|' * len(corruptions))
   for r in rows:
     sc = r['scores']
     print(f'| {r["object"]} | {r["gt_rank"]} | {", ".join(r["beaten_by"]) or "-"} | '
-          + ' | '.join(f'{sc[c]["total"] - sc["gt"]["total"]:+.3f}' for c in CORRUPTIONS) + ' |')
+          + ' | '.join(f'{sc[c]["total"] - sc["gt"]["total"]:+.3f}' for c in corruptions) + ' |')
   # which term catches which corruption: objects whose corrupted set costs more than GT on that term
-  print('\nObjects (of %d) where the term alone ranks GT above the corruption (cost higher than GT by > 1e-6); '
-        'mean weighted cost increase in brackets:' % n)
+  print(f'\nObjects (of {n}) where the term alone ranks GT above the corruption (cost higher than GT by > 1e-6); '
+        'mean weighted cost increase in brackets:')
   print('| corruption | ' + ' | '.join(TERMS) + ' | total |')
   print('|---|' + '---|' * (len(TERMS) + 1))
-  for c in CORRUPTIONS:
+  for c in corruptions:
     cells = []
     for term in TERMS:
       d = np.array([r['scores'][c][term] - r['scores']['gt'][term] for r in rows])
@@ -151,7 +174,7 @@ def main(argv=None):
     cells.append(f'{int((dt > 0).sum())} ({dt.mean():+.3f})')
     print(f'| {c} | ' + ' | '.join(cells) + ' |')
   # ablation: the same costs with one term left out of the total
-  print('\nAblation: objects (of %d) whose GT set ranks first when the total leaves one term out:' % n)
+  print(f'\nAblation: objects (of {n}) whose GT set ranks first when the total leaves one term out:')
   print('| total | ' + ' | '.join(f'without {t}' for t in TERMS) + ' |')
   print('|---|' + '---|' * len(TERMS))
   cells = [f'{first}/{n}']
@@ -165,7 +188,7 @@ def main(argv=None):
   print('| ' + ' | '.join(cells) + ' |')
   if args.json:
     from hv_jax import atomic
-    atomic.write_json(args.json, {'seed': args.seed, 'objects': rows, 'seconds_per_instance': seconds})
+    atomic.write_json(args.json, {'seed': args.seed, 'suite': args.suite, 'objects': rows, 'seconds_per_instance': seconds})
   return 0 if first >= 0.9 * n else 1
 
 

@@ -27,7 +27,7 @@ README): the hull lives in the NeuS cube [-0.6, 0.6]^3.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -54,11 +54,14 @@ class ScoreSettings:
 
 # ----------------------------------------------------------------------------- input checks
 
+def _unit(a) -> np.ndarray:
+  """float32; integer images (uint8) are divided by 255."""
+  a = np.asarray(a)
+  return a.astype(np.float32) / 255 if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+
+
 def _check(views, masks, input_rgb, input_mask):
-  views = np.asarray(views, np.float32)
-  masks = np.asarray(masks, np.float32)
-  input_rgb = np.asarray(input_rgb, np.float32)
-  input_mask = np.asarray(input_mask, np.float32)
+  views, masks, input_rgb, input_mask = (_unit(a) for a in (views, masks, input_rgb, input_mask))
   if views.ndim != 4 or views.shape[-1] != 3 or views.shape[0] < 3:
     raise UserError(f'score_instance: views must be [V, H, W, 3] with V >= 3, got shape {views.shape}')
   v, h, w = views.shape[:3]
@@ -72,6 +75,9 @@ def _check(views, masks, input_rgb, input_mask):
   for name, a in (('views', views), ('masks', masks), ('input_rgb', input_rgb), ('input_mask', input_mask)):
     if not np.isfinite(a).all():
       raise UserError(f'score_instance: {name} holds NaN or inf')
+    if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
+      raise UserError(f'score_instance: {name} must lie in [0, 1] (or be uint8), '
+                      f'got values in [{a.min():.3g}, {a.max():.3g}]')
   return views, masks, input_rgb, input_mask
 
 
@@ -285,7 +291,7 @@ def _octaves(a, b, s: ScoreSettings):
 # ----------------------------------------------------------------------------- the score
 
 def score_instance(views, masks, input_rgb, input_mask, cameras=None,
-                   settings: Optional[ScoreSettings] = None) -> dict:
+                   settings: ScoreSettings | None = None) -> dict:
   """Plausibility of one generated instance, without ground truth (higher `total` is better).
 
   views [V, H, W, 3] float in [0, 1] composited on white, masks [V, H, W] in [0, 1], input_rgb [H', W', 3],

@@ -102,6 +102,8 @@ def test_view_count_and_cameras():
   mask[:, 12:20, 12:20] = 1
   sc = scoring.score_instance(rgb, mask, rgb[0], mask[0])        # textureless: finite, no NaN
   assert all(np.isfinite(v) for v in sc.values())
+  u8 = scoring.score_instance((rgb * 255).astype(np.uint8), mask, rgb[0], mask[0])   # uint8 views: / 255
+  assert u8 == sc
   with pytest.raises(UserError, match='cameras need 16 poses'):
     scoring.score_instance(rgb, mask, rgb[0], mask[0], cameras=(np.eye(3), np.zeros((4, 3, 4))))
 
@@ -112,8 +114,10 @@ def test_view_count_and_cameras():
     ((16, 32, 32, 3), (16, 32, 32), (32, 32), (32, 32), 'input_rgb must be'),
     ((16, 32, 32, 3), (16, 32, 32), (32, 32, 3), (16, 16), 'input_mask must be'),
     ((16, 32, 24, 3), (16, 32, 24), (32, 32, 3), (32, 32), 'square'),
+    ((16, 32, 32, 3), (16, 32, 32), (32, 32, 3), (32, 32), 'must lie in'),
 ])
 def test_bad_shapes_give_one_line(views, masks, inp, inp_mask, message):
   with pytest.raises(UserError, match=message) as e:
-    scoring.score_instance(np.ones(views), np.ones(masks), np.ones(inp), np.ones(inp_mask))
+    scale = 255.0 if message == 'must lie in' else 1.0            # float images in [0, 255]
+    scoring.score_instance(np.ones(views) * scale, np.ones(masks), np.ones(inp), np.ones(inp_mask))
   assert '\n' not in str(e.value)
