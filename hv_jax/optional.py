@@ -8,6 +8,8 @@ because one path of one command needs them and they are slow to import or not in
   clip_tokenizer()  transformers (extras eval): the CD score's CLIP tokenizer, ~3 s to import
   trimesh()         trimesh: mesh files and the mesh metrics, ~1 s to import
   ray_pyembree()    trimesh's embree ray tracer (embreex): the mesh metrics' depth renders
+  xatlas()          xatlas: the UV atlas of a textured export (hv_jax.asset)
+  imageio()         imageio: the turntable GIF of the export preview (hv_jax.asset)
 """
 from __future__ import annotations
 
@@ -39,3 +41,15 @@ def ray_pyembree():
   """trimesh's ray tracer on embree (embreex): the mesh metrics' depth renders."""
   from trimesh.ray import ray_pyembree  # lazy: as trimesh(), plus embree's native library
   return ray_pyembree
+
+
+def xatlas():
+  """The xatlas module (UV charts and packing, native library)."""
+  import xatlas  # lazy: native extension, textured export only
+  return xatlas
+
+
+def imageio():
+  """imageio.v2 (GIF writing)."""
+  import imageio.v2 as imageio  # lazy: preview only
+  return imageio

@@ -62,17 +62,25 @@ def intersector(vertices: np.ndarray, faces: np.ndarray):
   return optional.ray_pyembree().RayMeshIntersector(tm)
 
 
-def cast(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, pose: np.ndarray, height: int, width: int,
-         pixel_offset: float = 0.5, mesh_intersector=None) -> Hits:
-  """First hit of every pixel's ray; pixel (u, v) is sampled at (u + pixel_offset, v + pixel_offset)."""
-  inter = mesh_intersector or intersector(vertices, faces)
+def rays(K: np.ndarray, pose: np.ndarray, height: int, width: int, pixel_offset: float = 0.5):
+  """The camera centre [3] and the world ray direction [H * W, 3] of every pixel (row-major), R^T K^-1 p with
+  p = [u + pixel_offset, v + pixel_offset, 1] (camera z = 1 per unit of length)."""
   K = np.asarray(K, np.float64)
   pose = np.asarray(pose, np.float64)
   R, t = pose[:, :3], pose[:, 3]
   v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing='ij')
   pix = np.stack([u + pixel_offset, v + pixel_offset, np.ones_like(u)], -1).reshape(-1, 3)
-  d_world = (pix @ np.linalg.inv(K).T) @ R                 # R^T K^-1 p: camera z = 1 per unit of length
-  origin = -R.T @ t
+  # einsum, not BLAS: a [N, 3] x [3, 3] matmul through a multithreaded BLAS takes ~10x longer on a busy machine
+  return -R.T @ t, np.einsum('nj,jk->nk', pix, np.linalg.inv(K).T @ R)
+
+
+def cast(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, pose: np.ndarray, height: int, width: int,
+         pixel_offset: float = 0.5, mesh_intersector=None) -> Hits:
+  """First hit of every pixel's ray; pixel (u, v) is sampled at (u + pixel_offset, v + pixel_offset)."""
+  inter = mesh_intersector or intersector(vertices, faces)
+  pose = np.asarray(pose, np.float64)
+  R, t = pose[:, :3], pose[:, 3]
+  origin, d_world = rays(K, pose, height, width, pixel_offset)
   locs, ray_idx, tri_idx = inter.intersects_location(np.broadcast_to(origin, d_world.shape), d_world,
                                                      multiple_hits=False)
   n = height * width
@@ -106,9 +114,12 @@ def barycentric(corners: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def silhouette(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, pose: np.ndarray, size: int,
-               mesh_intersector=None) -> np.ndarray:
-  """[size, size] bool mask of the pixels whose centre ray hits the mesh."""
-  return cast(vertices, faces, K, pose, size, size, mesh_intersector=mesh_intersector).mask
+               mesh_intersector=None, pixel_offset: float = 0.5) -> np.ndarray:
+  """[size, size] bool mask of the pixels whose ray hits the mesh: `cast(...).mask`, through embree's any-hit
+  query (about 10x faster: no hit location, no first-hit search)."""
+  inter = mesh_intersector or intersector(vertices, faces)
+  origin, d_world = rays(K, pose, size, size, pixel_offset)
+  return np.asarray(inter.intersects_any(np.broadcast_to(origin, d_world.shape), d_world), bool).reshape(size, size)
 
 
 def interpolate(hits: Hits, faces: np.ndarray, attribute: np.ndarray, background: Optional[np.ndarray] = None

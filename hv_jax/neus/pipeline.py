@@ -1,4 +1,4 @@
-"""`python -m hv_jax.reconstruct`: 16 views -> NeuS -> DIR/mesh.ply + DIR/metrics.json.
+"""`python -m hv_jax.reconstruct`: 16 views -> NeuS -> DIR/mesh.ply + mesh.glb + DIR/metrics.json.
 
 Order of work, so that bad input loses nothing and leaves nothing partial:
 1. settings and input are checked (ReconstructSettings.validate; ViewsError -> UserError, one line): every
@@ -16,7 +16,9 @@ Order of work, so that bad input loses nothing and leaves nothing partial:
    line (the diverged checkpoints are removed); a run that fails before writing any result or checkpoint
    removes the folders it created;
 4. the mesh and metrics are written atomically (temporary file + rename), mesh first, metrics last: a
-   finished output is one with metrics.json. A rerun of a finished output does nothing unless overwrite.
+   finished output is one with metrics.json. A rerun of a finished output does nothing unless overwrite,
+   except writing the export files (`export_files`) that it lacks (an output of a version before mesh.glb)
+   from its mesh.ply, so that exit 0 always means every output is there and matches the settings.
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ class ReconstructSettings:
   gt_rotation: Optional[float] = None   # degrees, for a GT mesh of another object
   matting: str = 'auto'          # masks: auto (the views' alpha if usable, else rembg if matting_model, else plain) | alpha | plain | rembg | white (the original's rule)
   matting_model: str = ''        # rembg model file (u2net.onnx, isnet-general-use.onnx, ...); nothing is downloaded
+  texture: bool = False          # bake a texture from the input views: textured mesh.glb + mesh.obj (docs/export.md)
+  texture_size: int = 1024       # texture side in texels (with texture=True)
 
   def loop_config(self) -> LoopConfig:
     return LoopConfig(batch_num=int(self.batch_num), fg_num=int(self.fg_num), seed=int(self.seed),
@@ -81,7 +85,8 @@ class ReconstructSettings:
     one UserError line naming the field (--config.<field>)."""
     try:
       _finite_numbers(settings_lib.as_json(self))
-      for name in ('batch_num', 'fg_num', 'seed', 'save_every', 'log_every', 'mesh_resolution', 'mesh_slab'):
+      for name in ('batch_num', 'fg_num', 'seed', 'save_every', 'log_every', 'mesh_resolution', 'mesh_slab',
+                   'texture_size'):
         v = getattr(self, name)
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
           raise ValueError(f'--config.{name}={v!r}: must be an integer')
@@ -93,6 +98,8 @@ class ReconstructSettings:
         raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
       if self.batch_num <= 0 or self.fg_num < 0 or int(self.mesh_resolution) < 2:
         raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
+      if not 8 <= int(self.texture_size) <= 8192:
+        raise ValueError(f'--config.texture_size={self.texture_size}: must be in [8, 8192]')
       if str(self.mesh_floor) not in neus_mesh.FLOORS:
         raise ValueError(f'mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
       if str(self.matting) not in neus_data.MATTING:
@@ -102,8 +109,10 @@ class ReconstructSettings:
       raise UserError(str(e)) from None
 
   def identity(self) -> dict:
-    """The settings a finished output depends on (all but NOT_IN_IDENTITY), as JSON values."""
-    return {k: v for k, v in settings_lib.as_json(self).items() if k not in NOT_IN_IDENTITY}
+    """The settings a finished output depends on (all but NOT_IN_IDENTITY; texture_size only with texture),
+    as JSON values."""
+    skip = NOT_IN_IDENTITY + (() if self.texture else ('texture_size',))
+    return {k: v for k, v in settings_lib.as_json(self).items() if k not in skip}
 
 
 def _finite_numbers(x, prefix: str = '') -> None:
@@ -303,6 +312,12 @@ def run(s: ReconstructSettings) -> Dict[str, Any]:
     if diff:
       raise UserError(f'{out} holds a reconstruction of another input/settings ({_names(diff)}): use another '
                       'output_dir or --config.overwrite=True')
+    missing = [name for name in export_files(s) if not (out / name).is_file()]
+    if missing:      # an output of a version before the export files: add them from its mesh.ply
+      stored['export'] = _export_from_ply(s, views, out)
+      atomic.write_json(metrics_path, stored)
+      print(f'{out}: already reconstructed; wrote the missing {", ".join(missing)} from mesh.ply')
+      return stored
     print(f'{out}: already reconstructed from the same input and settings (metrics.json); '
           '--config.overwrite=True redoes it')
     return stored
@@ -364,11 +379,13 @@ def _mesh_and_metrics(s: ReconstructSettings, views, params, history, out: Path,
     neus_mesh.write_ply(out / 'mesh_nofloor.ply', *unfloored)
   neus_mesh.write_ply(mesh_path, vertices, faces, colors)
   t_mesh = time.time() - t1
+  export = _export(s, views, out, vertices, faces, colors)
 
   final = history[-1] if history else {}
   metrics = {'input': str(s.input), 'mask_source': views.mask_source,
              'steps': s.train.total_steps, 'final': final, 'history': history,
-             'seconds': {'train': None, 'mesh': t_mesh},
+             'seconds': {'train': None, 'mesh': t_mesh, 'export': sum(export['seconds'].values())},
+             'export': export,
              'mesh': {'vertices': int(len(vertices)), 'faces': int(len(faces)),
                       'resolution': int(s.mesh_resolution), 'floor': floor},
              'config': settings_lib.as_json(s)}
@@ -383,3 +400,40 @@ def _mesh_and_metrics(s: ReconstructSettings, views, params, history, out: Path,
       raise UserError(f'evaluating {mesh_path}: {e}') from None
     metrics['seconds']['evaluate'] = time.time() - t2
   return metrics
+
+
+TEXTURED_FILES = ('mesh.obj', 'mesh.mtl', 'mesh_texture.png')
+
+
+def export_files(s: ReconstructSettings) -> List[str]:
+  """The files beside mesh.ply that other tools open (hv_jax.asset): mesh.glb, and the textured OBJ set."""
+  return ['mesh.glb'] + (list(TEXTURED_FILES) if s.texture else [])
+
+
+def _export(s: ReconstructSettings, views, out: Path, vertices, faces, colors) -> dict:
+  """mesh.glb (vertex colours, or with s.texture a texture baked from the input views at the NeuS cameras)
+  and, with s.texture, mesh.obj + .mtl + PNG; textured files of an earlier setting are removed, so the folder
+  holds exactly what the settings say. Returns export_asset's record (paths made relative to `out`)."""
+  from hv_jax import asset   # lazy: trimesh, xatlas, embree are needed by this step only
+  if not s.texture:
+    for name in TEXTURED_FILES:
+      (out / name).unlink(missing_ok=True)
+  try:
+    result = asset.export_asset(out, vertices, faces, colors, views=views if s.texture else None,
+                                texture=bool(s.texture), texture_size=int(s.texture_size))
+  except UserError as e:
+    raise UserError(f'export: {e}') from None
+  for key in ('glb', 'obj', 'mtl', 'texture'):
+    if key in result:
+      result[key] = os.path.relpath(result[key], out)
+  return result
+
+
+def _export_from_ply(s: ReconstructSettings, views, out: Path) -> dict:
+  """`_export` of a finished output's mesh.ply (its vertex colours, if any)."""
+  from hv_jax import optional
+  mesh = optional.trimesh().load(out / 'mesh.ply', process=False)
+  colors = None
+  if s.vertex_colors and getattr(mesh.visual, 'kind', None) == 'vertex':
+    colors = mesh.visual.vertex_colors[:, :3]
+  return _export(s, views, out, mesh.vertices, mesh.faces, colors)
