@@ -121,14 +121,16 @@ def _views(views, cameras):
 
 def export_asset(out_dir, vertices: np.ndarray, faces: np.ndarray, vertex_colors: Optional[np.ndarray] = None,
                  views=None, cameras=None, texture: bool = True, texture_size: int = 1024,
-                 bake_settings: Optional[texture_lib.BakeSettings] = None) -> dict:
+                 bake_settings: Optional[texture_lib.BakeSettings] = None, keep_arrays: bool = False) -> dict:
   """OUT/mesh.glb, and with texture=True and views, a textured mesh.glb plus mesh.obj + mesh.mtl +
   mesh_texture.png (the texture baked from the views: hv_jax.asset.texture.bake_texture).
 
   views: (rgb [N, H, W, 3] in [0, 1], mask [N, H, W]) or an object with .rgb and .mask (hv_jax.neus.data.Views);
   cameras: (Ks [N, 3, 3], poses [N, 3, 4]); None means the 16-view set (hv_jax.models.cameras.default_cameras)
   at the views' size. Without views (or texture=False) mesh.glb has the vertex colours.
-  Returns {'glb': path, ('obj', 'mtl', 'texture': paths, 'bake': stats,) 'textured': bool, 'seconds': {...}}.
+  Returns {'glb': path, ('obj', 'mtl', 'texture': paths, 'bake': stats,) 'textured': bool, 'seconds': {...},
+  with keep_arrays 'arrays': the exported mesh (vertices, faces, and uv + texture or vertex_colors: what
+  write_preview takes)}.
   """
   out = Path(out_dir)
   seconds = {}
@@ -146,9 +148,13 @@ def export_asset(out_dir, vertices: np.ndarray, faces: np.ndarray, vertex_colors
     seconds['obj'] = time.time() - t0
     t0 = time.time()
     result['glb'] = write_glb(out / 'mesh.glb', v2, f2, uv=uv, texture=tex)
+    if keep_arrays:
+      result['arrays'] = {'vertices': v2, 'faces': f2, 'uv': uv, 'texture': tex}
   else:
     t0 = time.time()
     result['glb'] = write_glb(out / 'mesh.glb', vertices, faces, vertex_colors)
+    if keep_arrays:
+      result['arrays'] = {'vertices': vertices, 'faces': faces, 'vertex_colors': vertex_colors}
   seconds['glb'] = time.time() - t0
   result['seconds'] = seconds
   return result

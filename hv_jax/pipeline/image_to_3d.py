@@ -225,10 +225,8 @@ def estimate_elevation(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> D
     mesh = geometry.load_mesh(mesh_path)
     est = elevation_lib.estimate(mask > 0.5, mesh.vertices, mesh.faces)
     deg = float(np.clip(round(float(est.elevation_deg), 1), *ELEVATION_RANGE))
-    atomic.write_json(folder / 'elevation.json', {'estimate_deg': deg, 'raw_deg': float(est.elevation_deg),
-                                                  'from_mesh': str(mesh_path.relative_to(folder)),
-                                                  'candidates_deg': np.asarray(est.candidates).tolist(),
-                                                  'scores': np.asarray(est.scores).tolist()})
+    atomic.write_json(folder / 'elevation.json', {'estimate_deg': deg, 'from_mesh': str(mesh_path.relative_to(folder)),
+                                                  'estimate': est.to_json()})
     return {'estimate_deg': deg}
 
   identity = {'files': stages.file_identity(folder, [folder / INPUT_RGBA, mesh_path])}
@@ -253,9 +251,10 @@ def export(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any
     Ks, poses, _ = default_cameras(NUM_VIEWS, VIEW_SIZE)
     written = asset.export_asset(folder, np.asarray(m.vertices), np.asarray(m.faces), colors,
                                  views=(v.rgb, v.mask), cameras=(Ks, poses), texture=bool(s.texture),
-                                 texture_size=int(s.texture_size))
-    asset.write_preview(folder, frames=int(s.preview_frames), **written.get('preview_mesh', {}))
-    return {k: v for k, v in written.items() if k != 'preview_mesh'}
+                                 texture_size=int(s.texture_size), keep_arrays=True)
+    arrays = written.pop('arrays')
+    written['preview'] = asset.write_preview(folder, frames=int(s.preview_frames), **arrays)
+    return _relative(written, folder)
 
   identity = {'files': stages.file_identity(folder, [mesh_path, views_path]), 'texture': bool(s.texture),
               'texture_size': int(s.texture_size), 'preview_frames': int(s.preview_frames),
@@ -264,6 +263,17 @@ def export(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any
     return stages.cached(folder, 'export', identity, outputs, compute)
   except geometry.MeshError as e:
     raise UserError(str(e)) from None
+
+
+def _relative(x, folder: Path):
+  """A result with its paths as strings relative to the input's folder (JSON for the stage record)."""
+  if isinstance(x, dict):
+    return {k: _relative(v, folder) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_relative(v, folder) for v in x]
+  if isinstance(x, Path):
+    return str(x.relative_to(folder)) if x.is_relative_to(folder) else str(x)
+  return x
 
 
 # ----------------------------------------------------------------------------------------------- the run
