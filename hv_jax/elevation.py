@@ -106,10 +106,10 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np
 def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
                       elevations: Sequence[float] = CANDIDATES, azimuth_deg: float = 0.0,
                       distance: float = raycast.DISTANCE) -> np.ndarray:
-  """K of a render_size square render from `distance` in which the mesh fills at most `FIT` of the frame
-  from every one of `elevations`: the mesh's convex hull projected by each camera (only the scale changes,
-  which the crop framing removes; the perspective is the distance's). The largest such focal length gives
-  the silhouettes the most pixels. ElevationError for a mesh that reaches the camera."""
+  """K of a render_size square render from `distance` in which the mesh fills `FIT` of the frame at the
+  elevation where it looks largest among `elevations`: the mesh's convex hull projected by each camera
+  (only the scale changes, which the crop framing removes; the perspective is the distance's), so the
+  silhouettes get as many pixels as fit. ElevationError for a mesh that reaches the camera."""
   points = vertices[np.unique(faces)]
   r = float(np.linalg.norm(points, axis=-1).max())
   if r >= 0.95 * distance:
@@ -126,7 +126,7 @@ def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
     pose = raycast.look_at_pose(azimuth_deg, float(e), distance)
     cam = points @ pose[:, :3].T + pose[:, 3]
     tan = max(tan, float((np.abs(cam[:, :2]) / cam[:, 2:]).max()))
-  return raycast.intrinsics(render_size, min(raycast.FOCAL_256, FIT * 128.0 / max(tan, 1e-6)))
+  return raycast.intrinsics(render_size, FIT * 128.0 / max(tan, 1e-6))
 
 
 def silhouettes(vertices: np.ndarray, faces: np.ndarray, elevations: Sequence[float], render_size: int = SIZE,
