@@ -10,9 +10,14 @@ cameras' conventions (hv_jax.raycast: look-at camera at distance 1.5), each silh
 framed the same way (the sampler's crop, hv_jax.data.preprocess.prepare_rgba: bounding box rescaled so its
 longer side is `crop_size`, centred), and the candidate with the highest IoU wins; the best is refined at
 `refine_step` within one coarse step. Crop framing makes the score blind to the object's position and size in
-the photo (camera distance and focal length), so only the shape of the outline decides. Cost: one embree
-any-hit render per candidate (51 + 8 at 256 px; a few ms each for meshes of 10^4..10^5 triangles). Validation,
-cost and limits: docs/elevation.md (benchmarks/elevation_gso.py).
+the photo, so only the shape of the outline decides. `distances` optionally searches the camera distance
+too (the input's perspective; SyncDreamer's 1.5 only by default). Cost: one embree any-hit render per
+candidate (51 + 8 at 256 px), 1.2-3 s per estimate on a busy 2-core machine. Validation (GSO-eval: GT meshes
+and NeuS reconstructions at known elevations), precision and limits: docs/elevation.md
+(benchmarks/elevation_gso.py).
+
+The one-command pipeline: sample at a prior elevation, reconstruct quickly, `estimate(input_mask, vertices,
+faces)`, resample at `elevation_deg` if it moved by more than a threshold.
 """
 from __future__ import annotations
 
