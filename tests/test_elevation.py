@@ -155,3 +155,14 @@ def test_joint_distance_search_recovers_a_farther_camera(mesh):
   est = elevation.estimate(far, v, f, distances=(1.5, 4.0), candidates=np.arange(10, 34.1, 1.0))
   assert est.distance == 4.0 and abs(est.elevation_deg - 22.0) <= 1.0
   assert est.distances == (1.5, 4.0) and est.distance_scores[1] == max(est.distance_scores) == est.iou
+
+
+def test_cli_flag_mistake_is_one_line(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'hv_jax.estimate_elevation', '--config.mesh_path=x'], capture_output=True,
+                     text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root), timeout=120)
+  assert r.returncode == 2 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith('error: ') and 'mesh_path' in r.stderr
