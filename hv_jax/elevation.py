@@ -37,7 +37,8 @@ CROP_SIZE = 200            # framing of masks and silhouettes (the sampler's pho
 SIZE = 256                 # side of the framed masks
 DISTANCES = (raycast.DISTANCE,)   # camera distances searched: SyncDreamer's only (see `estimate`)
 REFINE_STEP = 0.25         # degrees: the refinement grid around the best coarse candidate
-FIT = 0.95                 # the mesh's bounding sphere fills at most this fraction of the render
+FIT = 0.95                 # the mesh's convex hull fills this fraction of the render where it looks largest
+SEPARATION = 5.0           # degrees: what counts as another mode for `second_best_*`
 
 
 class ElevationError(UserError):
@@ -61,10 +62,8 @@ class Estimate:
     return dataclasses.asdict(self)
 
 
-SEPARATION = 5.0           # degrees: what counts as another mode for `second_best_*`
-
-
 def _binary(mask: np.ndarray, what: str) -> np.ndarray:
+  """[H, W] bool foreground of a bool / float [0, 1] / uint8 mask (at one half)."""
   m = np.asarray(mask)
   if m.ndim != 2:
     raise ElevationError(f'{what}: want a [H, W] mask, got shape {m.shape}')
