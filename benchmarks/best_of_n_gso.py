@@ -153,7 +153,7 @@ def main(argv=None):
     raise SystemExit(f'unknown objects: {missing}')
   data = {o: load(os.path.join(args.gso, o)) for o in names}      # every object: the swap sources
   if args.textureless:
-    data = {o: (0.5 * a[..., None] + (1 - a[..., None]), a) for o, (_, a) in data.items()}
+    data = {o: (np.repeat(1 - 0.5 * a[..., None], 3, -1), a) for o, (_, a) in data.items()}
   rows, seconds = [], []
   mattes = PlainMasks() if args.masks == 'plain' else None
   corruptions = CORRUPTIONS + (('frozen',) if args.suite == 'mild' else ())
