@@ -14,6 +14,7 @@ is view 000 and its alpha), the candidates are the GT set and corrupted copies o
 `--suite mild` makes each corruption subtler (1 view instead of 3, the replacing azimuth a neighbour 22.5 deg
 away, sigma 1 px, hue 10-20 deg and gain 0.9-0.95 / 1.05-1.1) and adds `frozen` (view 0 repeated 16 times, a
 sampler that did not turn the object): where the score stops telling, for docs/best_of_n.md's limits.
+`--textureless` paints every object flat grey first (what the silhouettes alone can tell).
 A corrupted view's mask is its own (blurred or swapped) alpha, as a segmentation of that image would give.
 Corruptions are drawn from `--seed` and the object's position in the sorted list, so reruns score the same
 sets. Prints the GT set's rank per object (1 = first), which candidate beat it, each term's cost per
@@ -109,6 +110,25 @@ def candidates(name, data, names, rng, suite='standard'):
   return out
 
 
+class PlainMasks:
+  """`plain` mattes of composited views [V, H, W, 3] -> [V, H, W], cached by image content (candidates share
+  most views)."""
+
+  def __init__(self):
+    self.cache = {}
+
+  def __call__(self, rgb):
+    from hv_jax.data import matting
+    out = []
+    for img in rgb:
+      u8 = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+      key = hash(u8.tobytes())
+      if key not in self.cache:
+        self.cache[key] = matting.matte_plain(u8)
+      out.append(self.cache[key])
+    return np.stack(out)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--gso', required=True)
@@ -117,6 +137,11 @@ def main(argv=None):
   ap.add_argument('--suite', default='standard', choices=tuple(SUITES),
                   help="standard: the issue's corruptions; mild: 1 view, a neighbour azimuth, sigma 1, "
                        "hue 10-20 deg, gain 0.9-1.1, plus 'frozen' (view 0 repeated 16 times)")
+  ap.add_argument('--masks', default='alpha', choices=('alpha', 'plain'),
+                  help="alpha: each image's own alpha; plain: hv_jax.data.matting's `plain` matte of the "
+                       "composited image (the pipeline's case: generated views have no alpha), input included")
+  ap.add_argument('--textureless', action='store_true',
+                  help='paint every object flat grey (0.5) before corrupting: what geometry alone tells')
   ap.add_argument('--json', default='')
   args = ap.parse_args(argv)
   names = sorted(d for d in os.listdir(args.gso) if os.path.isfile(os.path.join(args.gso, d, '000.png')))
@@ -127,16 +152,23 @@ def main(argv=None):
   if missing:
     raise SystemExit(f'unknown objects: {missing}')
   data = {o: load(os.path.join(args.gso, o)) for o in names}      # every object: the swap sources
+  if args.textureless:
+    data = {o: (np.repeat(1 - 0.5 * a[..., None], 3, -1), a) for o, (_, a) in data.items()}
   rows, seconds = [], []
+  mattes = PlainMasks() if args.masks == 'plain' else None
   corruptions = CORRUPTIONS + (('frozen',) if args.suite == 'mild' else ())
-  print(f'{len(chosen)} objects, {1 + len(corruptions)} candidates each, suite {args.suite}, seed {args.seed}',
-        flush=True)
+  print(f'{len(chosen)} objects, {1 + len(corruptions)} candidates each, suite {args.suite}, seed {args.seed}, '
+        f'masks {args.masks}{", textureless" if args.textureless else ""}', flush=True)
   for name in chosen:
     rng = np.random.default_rng([args.seed, names.index(name)])
     cands = candidates(name, data, names, rng, args.suite)
     rgb0, alpha0 = data[name][0][0], data[name][1][0]
+    if mattes:
+      alpha0 = mattes(rgb0[None])[0]
     scores = {}
     for key, (r, m, _) in cands.items():
+      if mattes:
+        m = mattes(r)
       t = time.perf_counter()
       scores[key] = scoring.score_instance(r, m, rgb0, alpha0)
       seconds.append(time.perf_counter() - t)
@@ -188,7 +220,9 @@ def main(argv=None):
   print('| ' + ' | '.join(cells) + ' |')
   if args.json:
     from hv_jax import atomic
-    atomic.write_json(args.json, {'seed': args.seed, 'suite': args.suite, 'objects': rows, 'seconds_per_instance': seconds})
+    atomic.write_json(args.json, {'seed': args.seed, 'suite': args.suite, 'masks': args.masks,
+                                  'textureless': args.textureless, 'objects': rows,
+                                  'seconds_per_instance': seconds})
   return 0 if first >= 0.9 * n else 1
 
 

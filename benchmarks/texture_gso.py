@@ -5,11 +5,12 @@ mesh's vertex colours?
       [--size 1024] [--max-faces 20000] [--out table.md] [--preview-dir DIR]
 
 For every object with a finished reconstruction (DIR/<obj>/mesh.ply with vertex colours, e.g. from
-benchmarks/neus_gso.py): the GT views (RGBA composited on white, masks = GT alpha, cameras = the 16-view set
-hv_jax.models.cameras.default_cameras) are baked onto the reconstructed mesh (hv_jax.asset.bake_texture),
-then the textured mesh and the vertex-coloured mesh are rendered at the same 16 cameras on white
-(hv_jax.asset.render, no lighting) and compared with the views: PSNR = 10 log10(1 / MSE) over all pixels and
-channels of a view, averaged over the 16 views (the gso-eval README's convention). Both renders and the bake
+benchmarks/neus_gso.py): the GT views (RGBA composited on white, masks = GT alpha, which the default
+BakeSettings(mask_threshold=0) does not use; cameras = the 16-view set hv_jax.models.cameras.default_cameras)
+are baked onto the reconstructed mesh (hv_jax.asset.bake_texture), then the textured mesh and the
+vertex-coloured mesh are rendered at the same 16 cameras on white (hv_jax.asset.render, no lighting) and
+compared with the views: PSNR = 10 log10(1 / MSE) over all pixels and channels of a view, averaged over the
+16 views (the gso-eval README's convention). Both renders and the bake
 use pixel_offset 0 (the NeuS ray convention the mesh was fitted under). Prints a markdown table (per object,
 mean, and how many objects were available) and writes it to --out.
 """

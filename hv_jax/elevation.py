@@ -10,9 +10,14 @@ cameras' conventions (hv_jax.raycast: look-at camera at distance 1.5), each silh
 framed the same way (the sampler's crop, hv_jax.data.preprocess.prepare_rgba: bounding box rescaled so its
 longer side is `crop_size`, centred), and the candidate with the highest IoU wins; the best is refined at
 `refine_step` within one coarse step. Crop framing makes the score blind to the object's position and size in
-the photo (camera distance and focal length), so only the shape of the outline decides. Cost: one embree
-any-hit render per candidate (51 + 8 at 256 px; a few ms each for meshes of 10^4..10^5 triangles). Validation,
-cost and limits: docs/elevation.md (benchmarks/elevation_gso.py).
+the photo, so only the shape of the outline decides. `distances` optionally searches the camera distance
+too (the input's perspective; SyncDreamer's 1.5 only by default). Cost: one embree any-hit render per
+candidate (51 + 8 at 256 px), 1.2-3 s per estimate on a busy 2-core machine. Validation (GSO-eval: GT meshes
+and NeuS reconstructions at known elevations), precision and limits: docs/elevation.md
+(benchmarks/elevation_gso.py).
+
+The one-command pipeline: sample at a prior elevation, reconstruct quickly, `estimate(input_mask, vertices,
+faces)`, resample at `elevation_deg` if it moved by more than a threshold.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ CROP_SIZE = 200            # framing of masks and silhouettes (the sampler's pho
 SIZE = 256                 # side of the framed masks
 DISTANCES = (raycast.DISTANCE,)   # camera distances searched: SyncDreamer's only (see `estimate`)
 REFINE_STEP = 0.25         # degrees: the refinement grid around the best coarse candidate
-FIT = 0.95                 # the mesh's bounding sphere fills at most this fraction of the render
+FIT = 0.95                 # the mesh's convex hull fills this fraction of the render where it looks largest
+SEPARATION = 5.0           # degrees: what counts as another mode for `second_best_*`
 
 
 class ElevationError(UserError):
@@ -56,10 +62,8 @@ class Estimate:
     return dataclasses.asdict(self)
 
 
-SEPARATION = 5.0           # degrees: what counts as another mode for `second_best_*`
-
-
 def _binary(mask: np.ndarray, what: str) -> np.ndarray:
+  """[H, W] bool foreground of a bool / float [0, 1] / uint8 mask (at one half)."""
   m = np.asarray(mask)
   if m.ndim != 2:
     raise ElevationError(f'{what}: want a [H, W] mask, got shape {m.shape}')
@@ -106,10 +110,10 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np
 def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
                       elevations: Sequence[float] = CANDIDATES, azimuth_deg: float = 0.0,
                       distance: float = raycast.DISTANCE) -> np.ndarray:
-  """K of a render_size square render from `distance` in which the mesh fills at most `FIT` of the frame
-  from every one of `elevations`: the mesh's convex hull projected by each camera (only the scale changes,
-  which the crop framing removes; the perspective is the distance's). The largest such focal length gives
-  the silhouettes the most pixels. ElevationError for a mesh that reaches the camera."""
+  """K of a render_size square render from `distance` in which the mesh fills `FIT` of the frame at the
+  elevation where it looks largest among `elevations`: the mesh's convex hull projected by each camera
+  (only the scale changes, which the crop framing removes; the perspective is the distance's), so the
+  silhouettes get as many pixels as fit. ElevationError for a mesh that reaches the camera."""
   points = vertices[np.unique(faces)]
   r = float(np.linalg.norm(points, axis=-1).max())
   if r >= 0.95 * distance:
@@ -126,7 +130,7 @@ def render_intrinsics(vertices: np.ndarray, faces: np.ndarray, render_size: int,
     pose = raycast.look_at_pose(azimuth_deg, float(e), distance)
     cam = points @ pose[:, :3].T + pose[:, 3]
     tan = max(tan, float((np.abs(cam[:, :2]) / cam[:, 2:]).max()))
-  return raycast.intrinsics(render_size, min(raycast.FOCAL_256, FIT * 128.0 / max(tan, 1e-6)))
+  return raycast.intrinsics(render_size, FIT * 128.0 / max(tan, 1e-6))
 
 
 def silhouettes(vertices: np.ndarray, faces: np.ndarray, elevations: Sequence[float], render_size: int = SIZE,

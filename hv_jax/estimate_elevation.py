@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Tuple
 
 import numpy as np
 from absl import logging
@@ -33,6 +34,7 @@ class ElevationSettings:
   step: float = 1.0          # coarse candidate spacing (degrees)
   refine: bool = True        # search again at refine_step within one step of the best
   refine_step: float = 0.25  # degrees
+  distances: Tuple[float, ...] = elevation.DISTANCES   # camera distances searched with the elevation (perspective)
   crop_size: int = elevation.CROP_SIZE   # framing of mask and silhouettes: longer side of the object in 256 px
   json_out: str = ''         # also write the estimate and every candidate's IoU here (JSON)
 
@@ -44,6 +46,9 @@ class ElevationSettings:
     checks.number(self, 'hi')
     checks.number(self, 'step', lo=0.0, lo_open=True)
     checks.number(self, 'refine_step', lo=0.0, lo_open=True)
+    checks.numbers_of(self, 'distances', lo=0.0, lo_open=True)
+    if not self.distances:
+      raise UserError('--config.distances is empty: give at least one camera distance, e.g. (1.5,)')
     if self.hi < self.lo:
       raise UserError(f'hi ({self.hi}) is below lo ({self.lo})')
     if not 1 <= self.crop_size <= elevation.SIZE:
@@ -55,7 +60,7 @@ def run(s: ElevationSettings) -> elevation.Estimate:
   candidates = np.arange(s.lo, s.hi + 1e-9, s.step)
   est = elevation.estimate_files(s.input, s.mesh, matting=s.matting, model=s.model or None,
                                  candidates=candidates, crop_size=s.crop_size, refine=s.refine,
-                                 refine_step=s.refine_step)
+                                 refine_step=s.refine_step, distances=s.distances)
   if s.json_out:
     try:
       atomic.write_json(s.json_out, {'settings': settings.as_json(s), **est.to_json()})

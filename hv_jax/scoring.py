@@ -122,15 +122,19 @@ def _erode(mask: np.ndarray, r: int) -> np.ndarray:
   return m
 
 
+NOISE_ENERGY = (1 / 255) ** 2    # Laplacian energy below one 8-bit grey level squared is quantisation noise
+
+
 def laplacian_energy(gray: np.ndarray, mask: np.ndarray, erode: int = 3) -> np.ndarray:
-  """Mean squared 4-neighbour Laplacian inside the eroded mask: [..., H, W] -> [...] (NaN-free, >= 1e-12)."""
+  """Mean squared 4-neighbour Laplacian inside the eroded mask: [..., H, W] -> [...], at least NOISE_ENERGY
+  (so flat, textureless views compare as equal instead of as ratios of rounding errors)."""
   g = np.asarray(gray, np.float32)
   lap = np.zeros_like(g)
   lap[..., 1:-1, 1:-1] = (g[..., :-2, 1:-1] + g[..., 2:, 1:-1] + g[..., 1:-1, :-2] + g[..., 1:-1, 2:]
                           - 4 * g[..., 1:-1, 1:-1])
   m = _erode(np.asarray(mask) > 0.5, erode + 1)           # +1: the Laplacian reads one pixel further
   num = (lap ** 2 * m).sum((-2, -1))
-  return np.maximum(num / np.maximum(m.sum((-2, -1)), 1), 1e-12)
+  return np.maximum(num / np.maximum(m.sum((-2, -1)), 1), NOISE_ENERGY)
 
 
 def _gray(rgb):

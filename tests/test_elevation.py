@@ -14,18 +14,19 @@ trimesh = pytest.importorskip('trimesh')
 pytest.importorskip('embreex')
 
 SIZE = 128
-FAST = dict(size=SIZE, render_size=SIZE, crop_size=100)
+FAST = dict(size=SIZE, render_size=SIZE, crop_size=100)   # bad inputs and the CLI: no precision asked
+# Precision tests at the default 256 px: the inputs have the views' focal length, the estimator renders at
+# its own (the mesh fitted to the frame), so the scales differ as they do for a photo.
 
 
 @pytest.fixture(scope='module')
 def mesh():
-  """An asymmetric object of size ~0.7 at the origin: a box, a smaller box on its top, off centre, and a cone
-  sticking out at the front left (so no two elevations give the same outline)."""
-  parts = [trimesh.creation.box((0.6, 0.4, 0.3)),
-           trimesh.creation.box((0.2, 0.2, 0.25), transform=trimesh.transformations.translation_matrix(
-               (0.15, 0.05, 0.27))),
-           trimesh.creation.cone(0.08, 0.3, transform=trimesh.transformations.translation_matrix(
-               (-0.2, 0.1, 0.15)))]
+  """An asymmetric object of size ~0.7 at the origin: an upright cylinder (its top ellipse opens with the
+  elevation), a handle on its side and a cone on its top, off centre (no two elevations give one outline)."""
+  move = trimesh.transformations.translation_matrix
+  parts = [trimesh.creation.cylinder(0.25, 0.5, sections=48),
+           trimesh.creation.box((0.12, 0.1, 0.3), transform=move((0.0, 0.3, 0.0))),
+           trimesh.creation.cone(0.08, 0.25, transform=move((0.1, -0.1, 0.25)))]
   m = trimesh.util.concatenate(parts)
   return np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
 
@@ -37,7 +38,7 @@ def render(mesh, e, size=SIZE, focal_256=raycast.FOCAL_256):
 
 @pytest.mark.parametrize('e', [-7.0, 12.0, 33.5])
 def test_recovers_known_elevations(mesh, e):
-  est = elevation.estimate(render(mesh, e), *mesh, **FAST)
+  est = elevation.estimate(render(mesh, e, size=256), *mesh)
   assert abs(est.elevation_deg - e) <= 1.0, est.elevation_deg
   assert est.iou > 0.95
   assert len(est.candidates) == len(est.scores) > 51          # coarse grid + refinement
@@ -47,16 +48,18 @@ def test_recovers_known_elevations(mesh, e):
 
 def test_framing_does_not_matter(mesh):
   """The same outline shifted, scaled and on a larger, non-square canvas gives the same estimate."""
-  mask = render(mesh, 20.0)
-  base = elevation.estimate(mask, *mesh, **FAST).elevation_deg
+  grid = dict(candidates=np.arange(10.0, 30.1, 1.0))
+  mask = render(mesh, 20.0, size=256)
+  base = elevation.estimate(mask, *mesh, **grid).elevation_deg
   big = np.kron(mask, np.ones((2, 2), bool))                 # 2x larger
-  canvas = np.zeros((400, 300), bool)
+  canvas = np.zeros((700, 600), bool)
   canvas[30:30 + big.shape[0], 10:10 + big.shape[1]] = big  # off centre
-  moved = elevation.estimate(canvas.astype(np.float32), *mesh, **FAST).elevation_deg
-  far = render(mesh, 20.0, focal_256=150.0)                 # the object smaller in the frame
-  smaller = elevation.estimate(far, *mesh, **FAST).elevation_deg
+  moved = elevation.estimate(canvas.astype(np.float32), *mesh, **grid).elevation_deg
+  far = render(mesh, 20.0, size=256, focal_256=150.0)       # the object smaller in the frame
+  smaller = elevation.estimate(far, *mesh, **grid).elevation_deg
+  # a different scale resamples the outline differently: about 2 deg of noise (docs/elevation.md: GT p90 1.8)
   assert abs(base - 20.0) <= 1.0
-  assert abs(moved - base) <= 1.0 and abs(smaller - base) <= 1.0
+  assert abs(moved - base) <= 1.0 and abs(smaller - base) <= 2.0
 
 
 def test_normalize_mask_is_the_samplers_crop():
@@ -111,7 +114,7 @@ def files(mesh, tmp_path_factory):
 
 def test_estimate_files(files):
   est = elevation.estimate_files(files / 'input.png', files / 'mesh.ply', candidates=np.arange(0, 40.1, 2.0))
-  assert abs(est.elevation_deg - 25.0) <= 1.0
+  assert abs(est.elevation_deg - 25.0) <= 2.0      # another scale than the estimator's renders
   with pytest.raises(elevation.ElevationError) as e:
     elevation.estimate_files(files / 'input.png', files / 'missing.ply')
   assert 'missing.ply' in one_line(e)
@@ -123,7 +126,7 @@ def test_cli_prints_degrees(files, capsys):
                                 '--config.lo=10', '--config.hi=40', '--config.step=2', f'--config.json_out={out}'])
   assert rc == 0
   printed = float(capsys.readouterr().out.strip())
-  assert abs(printed - 25.0) <= 1.0
+  assert abs(printed - 25.0) <= 2.0
   record = json.loads(out.read_text())
   assert record['elevation_deg'] == printed and len(record['candidates']) == len(record['scores'])
 
@@ -142,3 +145,24 @@ def test_cut_outline_is_warned(mesh, caplog):
   with caplog.at_level('WARNING'):
     elevation.estimate(cut, *mesh, **dict(FAST, refine=False, candidates=np.arange(0, 30.1, 5.0)))
   assert 'touches the border' in caplog.text
+
+
+def test_joint_distance_search_recovers_a_farther_camera(mesh):
+  """An input seen from distance 4 (less perspective, same size): the elevation and the distance come back."""
+  v, f = mesh
+  far = raycast.silhouette(v, f, raycast.intrinsics(256, raycast.FOCAL_256 * 4 / 1.5),
+                           raycast.look_at_pose(0.0, 22.0, 4.0), 256)
+  est = elevation.estimate(far, v, f, distances=(1.5, 4.0), candidates=np.arange(10, 34.1, 1.0))
+  assert est.distance == 4.0 and abs(est.elevation_deg - 22.0) <= 1.0
+  assert est.distances == (1.5, 4.0) and est.distance_scores[1] == max(est.distance_scores) == est.iou
+
+
+def test_cli_flag_mistake_is_one_line(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'hv_jax.estimate_elevation', '--config.mesh_path=x'], capture_output=True,
+                     text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root), timeout=120)
+  assert r.returncode == 2 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith('error: ') and 'mesh_path' in r.stderr

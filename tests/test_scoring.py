@@ -89,6 +89,8 @@ def test_clean_set_ranks_first(sets):
   assert by['object']['silhouette'] > gt['silhouette'] + 0.01
   assert by['blur']['sharpness'] > gt['sharpness'] + 0.05
   assert by['colour']['photometric'] > gt['photometric'] + 0.02
+  for key in ('azimuth', 'object', 'blur', 'colour'):                 # and points at a corrupted view
+    assert by[key]['worst_view'] in (2, 7, 12), key
   json.dumps(scores)                                              # plain floats and ints only
   assert all(type(v) in (float, int) for v in gt.values())
 

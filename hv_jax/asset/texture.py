@@ -9,10 +9,14 @@ Method (`bake_texture`):
    texture space), hence its surface point and (interpolated, area-weighted) vertex normal;
 3. views: each texel's point is projected into every view; it counts as seen by a view when the view's first
    hit (hv_jax.raycast.cast of the same mesh at that camera) lies at the point's depth within
-   `depth_tolerance`, the view's mask there is foreground (>= `mask_threshold`), and it faces the camera
-   (|cos| > `min_cos`, either winding). Its colour is the bilinear sample of the view, weighted by
-   |cos|^`cos_power` (cos between the normal and the direction to the camera: frontal views dominate, grazing
-   ones, which smear, hardly count) times the mask value;
+   `depth_tolerance` and it faces the camera (|cos| > `min_cos`, either winding). Its colour is the bilinear
+   sample of the view, weighted by |cos|^`cos_power` (cos between the normal and the direction to the camera:
+   frontal views dominate, grazing ones, which smear, hardly count). The masks do not reject samples by
+   default (`mask_threshold` 0): where a reconstructed surface covers background in a view (a membrane across
+   a hole, a bloated silhouette) the view's colour there is the background the views were composited on,
+   which is what NeuS's own colours learn too; rejecting them (0.5) paints such surfaces with the colours of
+   views that see them edge-on (GSO alarm: 22.3 dB instead of 24.3 dB, docs/export.md);
+   `robust_steps` > 0 adds reweighting against the views' consensus (measured: no gain, off);
 4. holes: texels no view sees get the interpolated vertex colours when given, else their nearest seen texel;
 5. seams: every texel outside the charts takes the colour of its nearest chart texel, so bilinear and
    mip-mapped lookups at chart borders never mix in the empty background.
@@ -41,9 +45,11 @@ class BakeSettings:
   cos_power: float = 2.0         # view weight cos^p (cos of normal vs direction to the camera)
   min_cos: float = 0.05          # views seeing the surface at a grazing angle beyond this do not count
   depth_tolerance: float = 0.01  # world units (the object spans ~1): |point depth - view's hit depth|
-  mask_threshold: float = 0.5    # a view's mask value at the point that counts as foreground
+  mask_threshold: float = 0.0    # > 0: samples where the view's mask is below this are dropped (module docstring)
   pixel_offset: float = 0.0      # pixel (u, v) of the views sees the ray through (u + o, v + o); NeuS: 0
   max_faces: int = 20000         # a larger mesh is simplified first (`simplify`): xatlas time grows fast
+  robust_steps: int = 0          # reweighting steps against the views' consensus (0: the plain weighted mean)
+  robust_scale: float = 0.1      # colour distance (RGB in [0, 1]) at which a view's weight is halved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +265,7 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, views_rgb: np.ndarray,
 
   acc = np.zeros((len(tri), 3))
   wsum = np.zeros(len(tri))
+  samples = []                                                 # per view (texel, weight, colour) for robust_steps
   inter = raycast.intersector(v, f)
   _, h, wd, _ = rgb.shape
   for i in range(len(rgb)):
@@ -278,17 +285,31 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, views_rgb: np.ndarray,
     # |cos|: the depth test already says which side is seen, and meshes come with either winding
     cos = np.abs((normals * to_cam).sum(-1)) / np.maximum(np.linalg.norm(to_cam, axis=-1), 1e-20)
     seen &= cos > s.min_cos
-    m = bilinear(mask[i][..., None], xy[seen])[:, 0]
-    keep = m >= s.mask_threshold
-    idx = np.nonzero(seen)[0][keep]
-    weight = cos[idx] ** s.cos_power * m[keep]
-    acc[idx] += weight[:, None] * bilinear(rgb[i], xy[idx])
+    idx = np.nonzero(seen)[0]
+    if s.mask_threshold > 0:
+      idx = idx[bilinear(mask[i][..., None], xy[idx])[:, 0] >= s.mask_threshold]
+    weight = cos[idx] ** s.cos_power
+    sample = bilinear(rgb[i], xy[idx])
+    acc[idx] += weight[:, None] * sample
     wsum[idx] += weight
+    if s.robust_steps:
+      samples.append((idx.astype(np.int32), weight.astype(np.float32), sample.astype(np.float32)))
+  seen = wsum > 0
+  mean = acc[seen] / wsum[seen, None]
+  for _ in range(int(s.robust_steps)):     # IRLS, Cauchy weights: views that disagree with the consensus
+    acc[:], wsum[:] = 0.0, 0.0             # (a misplaced surface shows them other content) count less
+    full = np.zeros((len(tri), 3))
+    full[seen] = mean
+    for idx, weight, sample in samples:
+      r2 = ((sample - full[idx]) ** 2).sum(-1)
+      wr = weight * s.robust_scale ** 2 / (s.robust_scale ** 2 + r2)
+      acc[idx] += wr[:, None] * sample
+      wsum[idx] += wr
+    mean = acc[seen] / wsum[seen, None]
   t['views'] = time.time()
 
   colour = np.zeros((len(tri), 3))
-  seen = wsum > 0
-  colour[seen] = acc[seen] / wsum[seen, None]
+  colour[seen] = mean
   image = np.zeros((s.size, s.size, 3))
   if vertex_colors is not None:
     colour[~seen] = np.einsum('tk,tkc->tc', w[~seen], vertex_colors[atlas.vmapping][corners[~seen]])

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 
 import jax
 
-from hv_jax import atomic, checks, digest
+from hv_jax import asset, atomic, checks, digest, optional
 from hv_jax import settings as settings_lib
 from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
@@ -414,7 +414,6 @@ def _export(s: ReconstructSettings, views, out: Path, vertices, faces, colors) -
   """mesh.glb (vertex colours, or with s.texture a texture baked from the input views at the NeuS cameras)
   and, with s.texture, mesh.obj + .mtl + PNG; textured files of an earlier setting are removed, so the folder
   holds exactly what the settings say. Returns export_asset's record (paths made relative to `out`)."""
-  from hv_jax import asset   # lazy: trimesh, xatlas, embree are needed by this step only
   if not s.texture:
     for name in TEXTURED_FILES:
       (out / name).unlink(missing_ok=True)
@@ -431,7 +430,6 @@ def _export(s: ReconstructSettings, views, out: Path, vertices, faces, colors) -
 
 def _export_from_ply(s: ReconstructSettings, views, out: Path) -> dict:
   """`_export` of a finished output's mesh.ply (its vertex colours, if any)."""
-  from hv_jax import optional
   mesh = optional.trimesh().load(out / 'mesh.ply', process=False)
   colors = None
   if s.vertex_colors and getattr(mesh.visual, 'kind', None) == 'vertex':
