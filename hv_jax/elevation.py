@@ -29,8 +29,10 @@ from absl import logging
 from PIL import Image
 
 from hv_jax import raycast
+from hv_jax.data import matting as matting_lib
 from hv_jax.data import preprocess
 from hv_jax.errors import UserError
+from hv_jax.metrics import geometry
 
 CANDIDATES = tuple(float(e) for e in np.arange(-10.0, 40.01, 1.0))   # the trained input range, 1 deg apart
 CROP_SIZE = 200            # framing of masks and silhouettes (the sampler's photo_crop_size)
@@ -206,7 +208,6 @@ def estimate(input_mask: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
 def input_mask(image_path, matting: str = 'auto', model: Optional[str] = None) -> np.ndarray:
   """[H, W] float32 mask of an image file: its alpha (a cut-out), else a matte (hv_jax.data.matting: plain,
   or rembg with `model`), as the sampler's preparation does."""
-  from hv_jax.data import matting as matting_lib
   photo = matting_lib.load_photo(image_path)
   return matting_lib.matte(photo.rgb, matting, alpha=photo.alpha, model=model or None, name=str(image_path))
 
@@ -215,7 +216,6 @@ def estimate_files(image_path, mesh_path, matting: str = 'auto', model: Optional
                    **estimate_options) -> Estimate:
   """`estimate` from an image file (the mask: `input_mask`) and a mesh file (.ply/.obj/...; used as stored,
   so it must already be in SyncDreamer's frame, e.g. a reconstruction of the generated views)."""
-  from hv_jax.metrics import geometry
   mask = input_mask(image_path, matting, model)
   try:
     mesh = geometry.load_mesh(mesh_path)

@@ -8,8 +8,8 @@ because one path of one command needs them and they are slow to import or not in
   clip_tokenizer()  transformers (extras eval): the CD score's CLIP tokenizer, ~3 s to import
   trimesh()         trimesh: mesh files and the mesh metrics, ~1 s to import
   ray_pyembree()    trimesh's embree ray tracer (embreex): the mesh metrics' depth renders
-  xatlas()          xatlas: the UV atlas of a textured export (hv_jax.asset)
-  imageio()         imageio: the turntable GIF of the export preview (hv_jax.asset)
+  xatlas()          xatlas: the UV atlas of a textured export (hv_jax.export)
+  imageio()         imageio: the turntable GIF of the export preview (hv_jax.export)
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 
 import jax
 
-from hv_jax import asset, atomic, checks, digest, optional
+from hv_jax import atomic, checks, digest, export, optional
 from hv_jax import settings as settings_lib
 from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
@@ -379,13 +379,13 @@ def _mesh_and_metrics(s: ReconstructSettings, views, params, history, out: Path,
     neus_mesh.write_ply(out / 'mesh_nofloor.ply', *unfloored)
   neus_mesh.write_ply(mesh_path, vertices, faces, colors)
   t_mesh = time.time() - t1
-  export = _export(s, views, out, vertices, faces, colors)
+  exported = _export(s, views, out, vertices, faces, colors)
 
   final = history[-1] if history else {}
   metrics = {'input': str(s.input), 'mask_source': views.mask_source,
              'steps': s.train.total_steps, 'final': final, 'history': history,
-             'seconds': {'train': None, 'mesh': t_mesh, 'export': sum(export['seconds'].values())},
-             'export': export,
+             'seconds': {'train': None, 'mesh': t_mesh, 'export': sum(exported['seconds'].values())},
+             'export': exported,
              'mesh': {'vertices': int(len(vertices)), 'faces': int(len(faces)),
                       'resolution': int(s.mesh_resolution), 'floor': floor},
              'config': settings_lib.as_json(s)}
@@ -406,7 +406,7 @@ TEXTURED_FILES = ('mesh.obj', 'mesh.mtl', 'mesh_texture.png')
 
 
 def export_files(s: ReconstructSettings) -> List[str]:
-  """The files beside mesh.ply that other tools open (hv_jax.asset): mesh.glb, and the textured OBJ set."""
+  """The files beside mesh.ply that other tools open (hv_jax.export): mesh.glb, and the textured OBJ set."""
   return ['mesh.glb'] + (list(TEXTURED_FILES) if s.texture else [])
 
 
@@ -418,7 +418,7 @@ def _export(s: ReconstructSettings, views, out: Path, vertices, faces, colors) -
     for name in TEXTURED_FILES:
       (out / name).unlink(missing_ok=True)
   try:
-    result = asset.export_asset(out, vertices, faces, colors, views=views if s.texture else None,
+    result = export.export_asset(out, vertices, faces, colors, views=views if s.texture else None,
                                 texture=bool(s.texture), texture_size=int(s.texture_size))
   except UserError as e:
     raise UserError(f'export: {e}') from None

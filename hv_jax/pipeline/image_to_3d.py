@@ -8,7 +8,7 @@
              (hv_jax.elevation); when it moved by more than `elevation_tolerance` from the prior, sample,
              select and neus run again at the estimate
   export     mesh.glb (textured from the views, or vertex-coloured), mesh.obj + .mtl + texture, turntable.gif,
-             preview.png (hv_jax.asset)
+             preview.png (hv_jax.export)
 
 Everything is written under OUTPUT/<input name>/; each round of sample/select/neus in rounds/e<elevation>/.
 A rerun skips every stage whose outputs are on disk and were made from the same inputs and settings (the
@@ -25,15 +25,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+import trimesh
 from absl import logging
 from PIL import Image
 
-from hv_jax import atomic, digest
+from hv_jax import atomic, digest, export, scoring
+from hv_jax import elevation as elevation_lib
 from hv_jax import settings as settings_lib
 from hv_jax.data import matting
 from hv_jax.data import preprocess
 from hv_jax.data.views import NUM_VIEWS, join_strip, split_strip
 from hv_jax.errors import UserError
+from hv_jax.metrics import geometry
 from hv_jax.models.cameras import default_cameras
 from hv_jax.neus import data as neus_data
 from hv_jax.neus import pipeline as neus_pipeline
@@ -180,7 +183,6 @@ def _views_256(strip: Path) -> np.ndarray:
 
 def select(s: ImageTo3DSettings, folder: Path, round_dir: Path, strips: List[Path]) -> Dict[str, Any]:
   """Scores every instance (masks as NeuS makes them), keeps the best (or `select`) as round_dir/views.png."""
-  from hv_jax import scoring    # the views' scores (geometry and photometry, no model weights)
 
   def compute():
     rgb_in, mask_in = input_view(folder, VIEW_SIZE)
@@ -216,8 +218,6 @@ def reconstruct(s: ImageTo3DSettings, round_dir: Path) -> Dict[str, Any]:
 
 
 def estimate_elevation(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any]:
-  from hv_jax import elevation as elevation_lib
-  from hv_jax.metrics import geometry
   mesh_path = round_dir / 'neus' / 'mesh.ply'
 
   def compute():
@@ -233,10 +233,7 @@ def estimate_elevation(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> D
   return stages.cached(folder, 'elevation', identity, ['elevation.json'], compute)
 
 
-def export(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any]:
-  from hv_jax import asset
-  from hv_jax.metrics import geometry
-  import trimesh
+def export_stage(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any]:
   mesh_path, views_path = round_dir / 'neus' / 'mesh.ply', round_dir / 'views.png'
   outputs = ['mesh.glb', 'turntable.gif', 'preview.png'] + (['mesh.obj'] if s.texture else [])
 
@@ -249,11 +246,11 @@ def export(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any
       raise UserError(f'{mesh_path}: the reconstruction has no triangles')
     v = neus_data.load_views(views_path, matting=str(s.neus.matting), model=str(s.neus.matting_model))
     Ks, poses, _ = default_cameras(NUM_VIEWS, VIEW_SIZE)
-    written = asset.export_asset(folder, np.asarray(m.vertices), np.asarray(m.faces), colors,
+    written = export.export_asset(folder, np.asarray(m.vertices), np.asarray(m.faces), colors,
                                  views=(v.rgb, v.mask), cameras=(Ks, poses), texture=bool(s.texture),
                                  texture_size=int(s.texture_size), keep_arrays=True)
     arrays = written.pop('arrays')
-    written['preview'] = asset.write_preview(folder, frames=int(s.preview_frames), **arrays)
+    written['preview'] = export.write_preview(folder, frames=int(s.preview_frames), **arrays)
     return _relative(written, folder)
 
   identity = {'files': stages.file_identity(folder, [mesh_path, views_path]), 'texture': bool(s.texture),
@@ -323,7 +320,7 @@ def run_one(s: ImageTo3DSettings, path: Path, folder: Path, convert_ckpt=None) -
     elevation_info['used_deg'] = final
     rounds.append(run_round(s, folder, final, convert_ckpt, seconds))
   round_dir = folder / 'rounds' / _tag(final)
-  ex = export(s, folder, round_dir)
+  ex = export_stage(s, folder, round_dir)
   seconds['export'] = ex['seconds']
   report = {
       'input': str(path), 'input_sha256': digest.file_sha256(path), 'prepare': prep,

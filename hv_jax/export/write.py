@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from hv_jax import atomic, optional
-from hv_jax.asset import texture as texture_lib
+from hv_jax.export import texture as texture_lib
 from hv_jax.errors import UserError
 
 TEXTURE_NAME = 'mesh_texture'   # the PNG of an OBJ is mesh_texture.png beside it
@@ -123,7 +123,7 @@ def export_asset(out_dir, vertices: np.ndarray, faces: np.ndarray, vertex_colors
                  views=None, cameras=None, texture: bool = True, texture_size: int = 1024,
                  bake_settings: Optional[texture_lib.BakeSettings] = None, keep_arrays: bool = False) -> dict:
   """OUT/mesh.glb, and with texture=True and views, a textured mesh.glb plus mesh.obj + mesh.mtl +
-  mesh_texture.png (the texture baked from the views: hv_jax.asset.texture.bake_texture).
+  mesh_texture.png (the texture baked from the views: hv_jax.export.texture.bake_texture).
 
   views: (rgb [N, H, W, 3] in [0, 1], mask [N, H, W]) or an object with .rgb and .mask (hv_jax.neus.data.Views);
   cameras: (Ks [N, 3, 3], poses [N, 3, 4]); None means the 16-view set (hv_jax.models.cameras.default_cameras)

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from hv_jax import atomic, optional, raycast
-from hv_jax.asset import texture as texture_lib
+from hv_jax.export import texture as texture_lib
 from hv_jax.errors import UserError
 
 PREVIEW_AMBIENT = 0.35     # Lambert: colour * (ambient + (1 - ambient) * |cos(normal, view ray)|)
