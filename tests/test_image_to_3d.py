@@ -22,16 +22,25 @@ from hv_jax.pipeline import image_to_3d, stages
 PHOTO = P.ROOT / 'hv_jax' / 'assets' / 'demo' / 'bell_photo.jpg'
 
 
+# the test's shortening of configs/image_to_3d_demo.py, as flags (the kill -9 test's subprocess) and as settings
+SHORT = {'sample.sample_steps': 2, 'sample.progress': False, 'neus.train.total_steps': 12,
+         'neus.train.decay_interval': 12, 'neus.save_every': 4, 'neus.mesh_resolution': 64, 'neus.progress': False,
+         'texture_size': 128, 'preview_frames': 4}
+
+
 def _config(out, **kw) -> image_to_3d.ImageTo3DSettings:
-  """configs/image_to_3d_demo.py shortened for a test: 2 DDIM steps (the sampler program of tests/test_sample.py's
-  demo run, so the run-wide compilation cache can share it), 30 NeuS steps, a 64^3 mesh, small texture."""
-  c = settings.from_dict(image_to_3d.ImageTo3DSettings,
-                         cli.load_config(P.ROOT / 'configs' / 'image_to_3d_demo.py').to_dict())
-  sample = dataclasses.replace(c.sample, sample_steps=2, progress=False)
-  train = dataclasses.replace(c.neus.train, total_steps=30, decay_interval=30)
-  neus = dataclasses.replace(c.neus, train=train, save_every=10, mesh_resolution=64, progress=False)
-  return dataclasses.replace(c, output_dir=str(out), sample=sample, neus=neus, texture_size=128, preview_frames=4,
-                             **kw)
+  """configs/image_to_3d_demo.py shortened for a test (SHORT): 2 DDIM steps (the sampler program of
+  tests/test_sample.py's demo run, so the run-wide compilation cache can share it), 12 NeuS steps, a 64^3 mesh,
+  a small texture."""
+  c = cli.load_config(P.ROOT / 'configs' / 'image_to_3d_demo.py')
+  for key, value in SHORT.items():
+    node = c
+    *path, leaf = key.split('.')
+    for name in path:
+      node = node[name]
+    node[leaf] = value
+  c = settings.from_dict(image_to_3d.ImageTo3DSettings, c.to_dict())
+  return dataclasses.replace(c, output_dir=str(out), **kw)
 
 
 def _files(d):
@@ -162,30 +171,38 @@ def test_bad_inputs_from_the_command_line_are_one_line_and_write_nothing(tmp_pat
 
 
 def test_kill_9_during_neus_then_rerun_finishes_with_the_uninterrupted_result(demo, tmp_path):
-  """A run killed while NeuS trains resumes there: the round's mesh is the one an uninterrupted run made."""
+  """A run killed while NeuS trains resumes there: the round's mesh is the one an uninterrupted run made.
+  The run starts from a copy of the demo's first round without its NeuS folder, so the prepare, sample and
+  select stages are skipped from their records (the sampler from its manifest) and the kill lands in NeuS."""
+  import shutil
   import signal
   import time
-  s, _, folder = demo
+  _, _, folder = demo
   out = tmp_path / 'out'
+  done = out / 'bell_photo'
+  shutil.copytree(folder, done, ignore=shutil.ignore_patterns('neus'))
+  for other in (done / 'rounds').iterdir():
+    if other.name != 'e+30.0':
+      shutil.rmtree(other)
+  for name in ('mesh.glb', 'mesh.obj', 'report.json', 'elevation.json', 'stages/export.json', 'stages/elevation.json'):
+    (done / name).unlink(missing_ok=True)
+  assert sorted(p.name for p in (done / 'rounds').iterdir()) == ['e+30.0']
   args = [sys.executable, '-m', 'hv_jax.image_to_3d', f'--config={P.ROOT}/configs/image_to_3d_demo.py',
-          f'--config.output_dir={out}', '--config.elevation=30', '--config.sample.sample_steps=2',
-          '--config.sample.progress=False', '--config.neus.train.total_steps=30', '--config.neus.train.decay_interval=30',
-          '--config.neus.save_every=10', '--config.neus.mesh_resolution=64', '--config.neus.progress=False',
-          '--config.texture_size=128', '--config.preview_frames=4']
+          f'--config.output_dir={out}', '--config.elevation=30', *[f'--config.{k}={v}' for k, v in SHORT.items()]]
   env = dict(os.environ, PYTHONPATH=str(P.ROOT))
-  ckpt = out / 'bell_photo' / 'rounds' / 'e+30.0' / 'neus' / 'checkpoints'
+  ckpt = done / 'rounds' / 'e+30.0' / 'neus' / 'checkpoints'
   p = subprocess.Popen(args, cwd=P.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   t0 = time.time()
   while not (ckpt.is_dir() and any(c.name.isdigit() for c in ckpt.iterdir())):
     assert p.poll() is None, p.communicate()[1].decode()[-2000:]
     assert time.time() - t0 < 900
-    time.sleep(0.2)
+    time.sleep(0.1)
   os.kill(p.pid, signal.SIGKILL)
   p.wait()
-  assert not (out / 'bell_photo' / 'mesh.glb').exists()
+  assert not (done / 'mesh.glb').exists() and not (done / 'rounds' / 'e+30.0' / 'neus' / 'mesh.ply').exists()
   r = subprocess.run(args, cwd=P.ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-2000:]
-  done = out / 'bell_photo'
+  assert 'redoing' not in r.stdout, r.stdout           # prepare and select were kept, not redone
   assert (done / 'mesh.glb').is_file() and (done / 'report.json').is_file()
   ref = folder / 'rounds' / 'e+30.0'
   for rel in ('views.png', 'neus/mesh.ply'):
