@@ -7,8 +7,8 @@ mesh's vertex colours?
 For every object with a finished reconstruction (DIR/<obj>/mesh.ply with vertex colours, e.g. from
 benchmarks/neus_gso.py): the GT views (RGBA composited on white, masks = GT alpha, which the default
 BakeSettings(mask_threshold=0) does not use; cameras = the 16-view set hv_jax.models.cameras.default_cameras)
-are baked onto the reconstructed mesh (hv_jax.export.bake_texture), then the textured mesh and the
-vertex-coloured mesh are rendered at the same 16 cameras on white (hv_jax.export.render, no lighting) and
+are baked onto the reconstructed mesh (hv_jax.export.texture.bake_texture), then the textured mesh and the
+vertex-coloured mesh are rendered at the same 16 cameras on white (hv_jax.export.preview.render, no lighting) and
 compared with the views: PSNR = 10 log10(1 / MSE) over all pixels and channels of a view, averaged over the
 16 views (the gso-eval README's convention). Both renders and the bake
 use pixel_offset 0 (the NeuS ray convention the mesh was fitted under). Prints a markdown table (per object,
@@ -26,7 +26,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hv_jax import export, optional  # noqa: E402
+from hv_jax import optional  # noqa: E402
+from hv_jax.export import preview, texture  # noqa: E402
 from hv_jax.models.cameras import default_cameras  # noqa: E402
 
 
@@ -52,16 +53,16 @@ def evaluate(name: str, gso: str, recon: str, size: int, max_faces: int, preview
   vc = np.asarray(mesh.visual.vertex_colors)[:, :3]
   t0 = time.time()
   stats = {}
-  v2, f2, uv, tex = export.bake_texture(v, f, rgb, mask, Ks, poses, size=size, vertex_colors=vc,
-                                       settings=export.BakeSettings(max_faces=max_faces), stats=stats)
+  v2, f2, uv, tex = texture.bake_texture(v, f, rgb, mask, Ks, poses, size=size, vertex_colors=vc,
+                                       settings=texture.BakeSettings(max_faces=max_faces), stats=stats)
   bake_s = time.time() - t0
-  textured = np.stack([export.render(v2, f2, Ks[i], poses[i], 256, 256, uv=uv, texture=tex) for i in range(16)])
-  coloured = np.stack([export.render(v, f, Ks[i], poses[i], 256, 256, vertex_colors=vc) for i in range(16)])
+  textured = np.stack([preview.render(v2, f2, Ks[i], poses[i], 256, 256, uv=uv, texture=tex) for i in range(16)])
+  coloured = np.stack([preview.render(v, f, Ks[i], poses[i], 256, 256, vertex_colors=vc) for i in range(16)])
   row = {'object': name, 'faces': len(f), 'faces_textured': len(f2), 'psnr_vertex': psnr(coloured, rgb),
          'psnr_texture': psnr(textured, rgb), 'bake_s': bake_s, 'seconds': stats['seconds'],
          'texels_seen': stats['texels_seen'] / max(stats['texels'], 1)}
   if preview_dir:
-    row['preview'] = export.write_preview(os.path.join(preview_dir, name), v2, f2, uv=uv, texture=tex)
+    row['preview'] = preview.write_preview(os.path.join(preview_dir, name), v2, f2, uv=uv, texture=tex)
   return row
 
 
@@ -89,7 +90,7 @@ def main(argv=None):
   p.add_argument('--recon', required=True, help='folder of <obj>/mesh.ply reconstructions')
   p.add_argument('--objects', default='', help='comma-separated (default: every finished reconstruction)')
   p.add_argument('--size', type=int, default=1024)
-  p.add_argument('--max-faces', type=int, default=export.BakeSettings().max_faces)
+  p.add_argument('--max-faces', type=int, default=texture.BakeSettings().max_faces)
   p.add_argument('--out', default='')
   p.add_argument('--preview-dir', default='')
   a = p.parse_args(argv)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 from absl import logging
 

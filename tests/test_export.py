@@ -10,8 +10,8 @@ from PIL import Image
 trimesh = pytest.importorskip('trimesh')
 pytest.importorskip('xatlas')
 
-from hv_jax import export, raycast  # noqa: E402
-from hv_jax.export import texture as texture_lib  # noqa: E402
+from hv_jax import raycast  # noqa: E402
+from hv_jax.export import preview, texture, write  # noqa: E402
 from hv_jax.errors import UserError  # noqa: E402
 
 N, S = 16, 128       # views, view size
@@ -51,7 +51,7 @@ def scene():
 @pytest.fixture(scope='module')
 def baked(scene):
   stats = {}
-  out = export.bake_texture(scene['v'], scene['f'], scene['rgb'], scene['mask'], scene['Ks'], scene['poses'],
+  out = texture.bake_texture(scene['v'], scene['f'], scene['rgb'], scene['mask'], scene['Ks'], scene['poses'],
                            size=256, vertex_colors=scene['vc'], stats=stats)
   return out, stats
 
@@ -65,8 +65,8 @@ def test_baked_texture_reproduces_the_views_better_than_vertex_colours(scene, ba
   assert tex.shape == (256, 256, 3) and tex.dtype == np.uint8
   assert uv.shape == (len(v2), 2) and uv.min() >= 0 and uv.max() <= 1 and len(f2) == len(scene['f'])
   assert stats['texels_seen'] > 0.7 * stats['texels']        # all but the underside, at elevation 30
-  tex_views = [export.render(v2, f2, K, P, S, S, uv=uv, texture=tex) for K, P in zip(scene['Ks'], scene['poses'])]
-  vc_views = [export.render(scene['v'], scene['f'], K, P, S, S, vertex_colors=scene['vc'])
+  tex_views = [preview.render(v2, f2, K, P, S, S, uv=uv, texture=tex) for K, P in zip(scene['Ks'], scene['poses'])]
+  vc_views = [preview.render(scene['v'], scene['f'], K, P, S, S, vertex_colors=scene['vc'])
               for K, P in zip(scene['Ks'], scene['poses'])]
   p_tex, p_vc = psnr(tex_views, scene['rgb']), psnr(vc_views, scene['rgb'])
   assert p_tex > p_vc + 3.0, (p_tex, p_vc)      # measured: 28.4 against 23.5 dB
@@ -74,7 +74,7 @@ def test_baked_texture_reproduces_the_views_better_than_vertex_colours(scene, ba
 
 def test_texels_outside_the_charts_take_their_nearest_chart_colour(baked):
   (v2, f2, uv, tex), _ = baked
-  tri, _ = texture_lib.rasterize_uv(uv, f2, 256)
+  tri, _ = texture.rasterize_uv(uv, f2, 256)
   outside = tri < 0
   assert outside.any() and (tex[outside].astype(int).sum(-1) > 0).all()     # nothing left black between charts
 
@@ -82,53 +82,53 @@ def test_texels_outside_the_charts_take_their_nearest_chart_colour(baked):
 def test_rasterize_a_square_and_bilinear_lookup():
   uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
   faces = np.array([[0, 1, 2], [0, 2, 3]])
-  tri, bary = texture_lib.rasterize_uv(uv, faces, 16)
+  tri, bary = texture.rasterize_uv(uv, faces, 16)
   assert (tri >= 0).all()
   pos = np.einsum('hwk,hwkc->hwc', bary, uv[faces[tri]])              # the texel centres' UVs back
   r, c = np.mgrid[:16, :16]
   np.testing.assert_allclose(pos[..., 0], (c + 0.5) / 16, atol=1e-9)
   np.testing.assert_allclose(pos[..., 1], 1 - (r + 0.5) / 16, atol=1e-9)
   ramp = np.broadcast_to(np.arange(16.0)[None, :, None], (16, 16, 1))
-  np.testing.assert_allclose(export.sample_texture(ramp, np.array([[0.5, 0.5], [0.0, 0.2]])), [[7.5], [0.0]])
+  np.testing.assert_allclose(texture.sample_texture(ramp, np.array([[0.5, 0.5], [0.0, 0.2]])), [[7.5], [0.0]])
 
 
 def test_simplify_keeps_the_shape_under_the_face_budget():
   v, f = sphere(5)
   vc = colour(v)
-  v2, f2, c2 = export.simplify(v, f, 2000, vc)
+  v2, f2, c2 = texture.simplify(v, f, 2000, vc)
   assert 200 < len(f2) <= 2000 and len(c2) == len(v2) and f2.max() < len(v2)
   np.testing.assert_allclose(np.linalg.norm(v2, axis=-1), 0.35, atol=0.02)
-  assert export.simplify(v, f, len(f))[1] is not None and len(export.simplify(v, f, len(f))[1]) == len(f)
+  assert texture.simplify(v, f, len(f))[1] is not None and len(texture.simplify(v, f, len(f))[1]) == len(f)
 
 
 def test_glb_and_obj_reload_in_trimesh(tmp_path, scene, baked):
   (v2, f2, uv, tex), _ = baked
-  p = export.write_glb(tmp_path / 'vc.glb', scene['v'], scene['f'], vertex_colors=scene['vc'])
+  p = write.write_glb(tmp_path / 'vc.glb', scene['v'], scene['f'], vertex_colors=scene['vc'])
   m = trimesh.load(p, force='mesh', process=False)
   assert len(m.faces) == len(scene['f'])
   np.testing.assert_allclose(m.vertices, scene['v'][:, [0, 2, 1]] * [1, 1, -1], atol=1e-6)    # y-up: (x, z, -y)
   np.testing.assert_allclose(m.visual.vertex_colors[:, :3] / 255, scene['vc'], atol=1 / 255 + 1e-9)
-  p = export.write_glb(tmp_path / 'tex.glb', v2, f2, uv=uv, texture=tex)
+  p = write.write_glb(tmp_path / 'tex.glb', v2, f2, uv=uv, texture=tex)
   m = trimesh.load(p, force='mesh', process=False)
   assert m.visual.kind == 'texture' and len(m.faces) == len(f2)
   np.testing.assert_allclose(m.visual.uv, uv, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(m.visual.material.baseColorTexture.convert('RGB')), tex)
-  files = export.write_obj(tmp_path / 'mesh.obj', v2, f2, uv, tex)
+  files = write.write_obj(tmp_path / 'mesh.obj', v2, f2, uv, tex)
   assert {k: os.path.basename(p) for k, p in files.items()} == {
       'obj': 'mesh.obj', 'mtl': 'mesh.mtl', 'texture': 'mesh_texture.png'}
   mtl = (tmp_path / 'mesh.mtl').read_text()
   assert 'map_Kd mesh_texture.png' in mtl and 'Kd 1.0 1.0 1.0' in mtl
   m = trimesh.load(tmp_path / 'mesh.obj', process=False)
   assert m.visual.kind == 'texture' and len(m.faces) == len(f2)
-  np.testing.assert_allclose(m.vertices, export.to_y_up(v2), atol=1e-6)
+  np.testing.assert_allclose(m.vertices, write.to_y_up(v2), atol=1e-6)
   np.testing.assert_array_equal(np.asarray(m.visual.material.image.convert('RGB')), tex)
   assert not [q for q in os.listdir(tmp_path) if q.endswith('.tmp')]           # atomic writes leave no temp file
 
 
 def test_export_asset_writes_what_its_settings_say(tmp_path, scene):
-  plain = export.export_asset(tmp_path / 'a', scene['v'], scene['f'], scene['vc'], texture=True)   # no views
+  plain = write.export_asset(tmp_path / 'a', scene['v'], scene['f'], scene['vc'], texture=True)   # no views
   assert not plain['textured'] and os.listdir(tmp_path / 'a') == ['mesh.glb']
-  r = export.export_asset(tmp_path / 'b', scene['v'], scene['f'], scene['vc'], views=(scene['rgb'], scene['mask']),
+  r = write.export_asset(tmp_path / 'b', scene['v'], scene['f'], scene['vc'], views=(scene['rgb'], scene['mask']),
                          cameras=(scene['Ks'], scene['poses']), texture_size=64)
   assert r['textured'] and sorted(os.listdir(tmp_path / 'b')) == ['mesh.glb', 'mesh.mtl', 'mesh.obj',
                                                                    'mesh_texture.png']
@@ -139,24 +139,24 @@ def test_export_asset_writes_what_its_settings_say(tmp_path, scene):
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene):
   v, f = scene['v'], scene['f']
   with pytest.raises(UserError, match='index its'):
-    export.write_glb(tmp_path / 'x.glb', v, f + len(v))
+    write.write_glb(tmp_path / 'x.glb', v, f + len(v))
   with pytest.raises(UserError, match='both uv and texture'):
-    export.write_glb(tmp_path / 'x.glb', v, f, uv=np.zeros((len(v), 2)))
+    write.write_glb(tmp_path / 'x.glb', v, f, uv=np.zeros((len(v), 2)))
   with pytest.raises(UserError, match='views_mask'):
-    export.bake_texture(v, f, scene['rgb'], scene['mask'][:, :10], scene['Ks'], scene['poses'], size=32)
+    texture.bake_texture(v, f, scene['rgb'], scene['mask'][:, :10], scene['Ks'], scene['poses'], size=32)
   with pytest.raises(UserError, match='Ks'):
-    export.bake_texture(v, f, scene['rgb'], scene['mask'], scene['Ks'][:3], scene['poses'], size=32)
+    texture.bake_texture(v, f, scene['rgb'], scene['mask'], scene['Ks'][:3], scene['poses'], size=32)
   with pytest.raises(UserError, match='empty'):
-    export.write_glb(tmp_path / 'x.glb', v, np.zeros((0, 3), int))
+    write.write_glb(tmp_path / 'x.glb', v, np.zeros((0, 3), int))
   assert os.listdir(tmp_path) == []
   (tmp_path / 'file').write_text('')
   with pytest.raises(OSError):
-    export.write_glb(tmp_path / 'file' / 'x.glb', v, f)
+    write.write_glb(tmp_path / 'file' / 'x.glb', v, f)
 
 
 def test_preview_has_36_frames_and_a_grid(tmp_path, baked):
   (v2, f2, uv, tex), _ = baked
-  r = export.write_preview(tmp_path, v2, f2, uv=uv, texture=tex, size=48)
+  r = preview.write_preview(tmp_path, v2, f2, uv=uv, texture=tex, size=48)
   import imageio.v2 as imageio
   frames = imageio.mimread(r['turntable'])
   assert len(frames) == 36 and frames[0].shape[:2] == (48, 48)
@@ -164,12 +164,12 @@ def test_preview_has_36_frames_and_a_grid(tmp_path, baked):
   assert grid.shape == (96, 96, 3)
   assert (grid[0, 0] == 255).all() and not (grid[24, 24] == 255).all()   # white background, the mesh in the middle
   with pytest.raises(UserError, match='frames'):
-    export.write_preview(tmp_path / 'none', v2, f2, frames=0)
+    preview.write_preview(tmp_path / 'none', v2, f2, frames=0)
 
 
 # ----------------------------------------------------------------------------- the reconstruction's hook
 
-def _finished_output(tmp_path, scene, texture):
+def _finished_output(tmp_path, scene, textured):
   """A views folder (16 RGBA renders of the sphere at 256) and a finished reconstruction of it (mesh.ply and
   metrics.json with the identity `run` computes), as an earlier version left it: no mesh.glb."""
   from hv_jax.neus import data as neus_data
@@ -186,7 +186,7 @@ def _finished_output(tmp_path, scene, texture):
     img[h.mask, 3] = 255
     Image.fromarray(img, 'RGBA').save(views / f'{i:03d}.png')
   out = tmp_path / 'out'
-  s = pipeline.ReconstructSettings(input=str(views), output_dir=str(out), progress=False, texture=texture,
+  s = pipeline.ReconstructSettings(input=str(views), output_dir=str(out), progress=False, texture=textured,
                                    texture_size=64)
   loaded = neus_data.load_views(views)
   identity = json.loads(json.dumps({
@@ -197,16 +197,16 @@ def _finished_output(tmp_path, scene, texture):
   return s, out
 
 
-@pytest.mark.parametrize('texture', [False, True])
-def test_a_finished_reconstruction_gets_its_missing_export_files(tmp_path, scene, texture):
+@pytest.mark.parametrize('textured', [False, True])
+def test_a_finished_reconstruction_gets_its_missing_export_files(tmp_path, scene, textured):
   from hv_jax.neus import pipeline
-  s, out = _finished_output(tmp_path, scene, texture)
+  s, out = _finished_output(tmp_path, scene, textured)
   m = pipeline.run(s)
-  want = ['mesh.glb'] + (['mesh.mtl', 'mesh.obj', 'mesh_texture.png'] if texture else [])
+  want = ['mesh.glb'] + (['mesh.mtl', 'mesh.obj', 'mesh_texture.png'] if textured else [])
   assert sorted(p for p in os.listdir(out) if p.startswith('mesh') and p != 'mesh.ply') == want
   assert m['export']['glb'] == 'mesh.glb' and json.loads((out / 'metrics.json').read_text())['export'] == m['export']
   glb = trimesh.load(out / 'mesh.glb', force='mesh')
-  assert glb.visual.kind == ('texture' if texture else 'vertex')
+  assert glb.visual.kind == ('texture' if textured else 'vertex')
   before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
   pipeline.run(s)                                        # now complete: nothing is rewritten
   assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before

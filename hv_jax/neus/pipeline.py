@@ -33,10 +33,11 @@ from typing import Any, Dict, List, Optional
 
 import jax
 
-from hv_jax import atomic, checks, digest, export, optional
+from hv_jax import atomic, checks, digest, optional
 from hv_jax import settings as settings_lib
 from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
+from hv_jax.export import write
 from hv_jax.metrics import geometry
 from hv_jax.neus import data as neus_data
 from hv_jax.neus import fields
@@ -418,7 +419,7 @@ def _export(s: ReconstructSettings, views, out: Path, vertices, faces, colors) -
     for name in TEXTURED_FILES:
       (out / name).unlink(missing_ok=True)
   try:
-    result = export.export_asset(out, vertices, faces, colors, views=views if s.texture else None,
+    result = write.export_asset(out, vertices, faces, colors, views=views if s.texture else None,
                                 texture=bool(s.texture), texture_size=int(s.texture_size))
   except UserError as e:
     raise UserError(f'export: {e}') from None

@@ -29,13 +29,14 @@ import trimesh
 from absl import logging
 from PIL import Image
 
-from hv_jax import atomic, digest, export, scoring
+from hv_jax import atomic, digest, scoring
 from hv_jax import elevation as elevation_lib
 from hv_jax import settings as settings_lib
 from hv_jax.data import matting
 from hv_jax.data import preprocess
 from hv_jax.data.views import NUM_VIEWS, join_strip, split_strip
 from hv_jax.errors import UserError
+from hv_jax.export import preview, write
 from hv_jax.metrics import geometry
 from hv_jax.models.cameras import default_cameras
 from hv_jax.neus import data as neus_data
@@ -246,11 +247,11 @@ def export_stage(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[st
       raise UserError(f'{mesh_path}: the reconstruction has no triangles')
     v = neus_data.load_views(views_path, matting=str(s.neus.matting), model=str(s.neus.matting_model))
     Ks, poses, _ = default_cameras(NUM_VIEWS, VIEW_SIZE)
-    written = export.export_asset(folder, np.asarray(m.vertices), np.asarray(m.faces), colors,
+    written = write.export_asset(folder, np.asarray(m.vertices), np.asarray(m.faces), colors,
                                  views=(v.rgb, v.mask), cameras=(Ks, poses), texture=bool(s.texture),
                                  texture_size=int(s.texture_size), keep_arrays=True)
     arrays = written.pop('arrays')
-    written['preview'] = export.write_preview(folder, frames=int(s.preview_frames), **arrays)
+    written['preview'] = preview.write_preview(folder, frames=int(s.preview_frames), **arrays)
     return _relative(written, folder)
 
   identity = {'files': stages.file_identity(folder, [mesh_path, views_path]), 'texture': bool(s.texture),
