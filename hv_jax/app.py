@@ -8,7 +8,6 @@ The weights are loaded and the sampler compiled once, at start; requests wait in
 time on the devices. Every request's outputs are written to OUTPUT/<run id>/ as `python -m hv_jax.image_to_3d`
 writes them (hv_jax.pipeline.service). Needs the extra: pip install -e '.[app]'. docs/app.md.
 """
-from __future__ import annotations
 
 import dataclasses
 import html
@@ -68,6 +67,7 @@ class AppSettings:
       raise UserError(f'--config.queue_size={self.queue_size}: must be >= 1')
     if not self.output_dir:
       raise UserError('no output folder: set --config.output_dir=DIR')
+    dataclasses.replace(self.request_base(), input='-').validate()   # every request setting but the image
 
 
 # ----------------------------------------------------------------------------------------------- requests
@@ -159,6 +159,9 @@ CSS = '''
 .hv-status {padding: 6px 10px; border-radius: 4px; font-family: monospace;}
 .hv-error {background: #fdecea; color: #b71c1c;}
 .hv-ok {background: #eef5ee; color: #1b5e20;}
+#views .grid-container {grid-template-columns: repeat(16, minmax(0, 1fr)) !important; grid-template-rows: none !important;
+  grid-auto-rows: auto !important; gap: 4px !important;}
+#views .grid-wrap.fixed-height {height: auto !important; max-height: none !important; overflow-y: visible !important;}
 '''
 
 
@@ -171,7 +174,8 @@ def build(service: Service, s: AppSettings):
   elevation0 = float(base.elevation_prior if auto else base.elevation_deg())
   device = dict(concurrency_limit=1, concurrency_id='device')
 
-  with gr.Blocks(title='hv_jax: one image to 3D') as page:
+  # Gradio's copies of the shown and downloadable files: removed a day after they were made (checked hourly)
+  with gr.Blocks(title='hv_jax: one image to 3D', delete_cache=(3600, 86400)) as page:
     gr.HTML(f'<div id="hv-banner">{html.escape(BANNER)}</div>', visible=service.random_weights)
     gr.Markdown('## hv_jax: one image → 16 views (HarmonyView) → mesh\n'
                 f'Weights: `{html.escape(base.checkpoint)}`. Outputs: `{html.escape(str(service.output))}/<run>/`.')
@@ -202,7 +206,7 @@ def build(service: Service, s: AppSettings):
           cancel = gr.Button('Cancel', variant='stop', elem_id='cancel')
     status = gr.HTML(status_html('upload an image'), elem_id='status')
     gallery = gr.Gallery(label='16 views per instance (one row each; ★ = the best score)', columns=16,
-                         height='auto', allow_preview=False, elem_id='views')
+                         allow_preview=False, elem_id='views')
     with gr.Row():
       chosen = gr.Radio([], label='instance to reconstruct', elem_id='instance')
       reconstruct = gr.Button('Reconstruct', variant='primary', elem_id='reconstruct')

@@ -127,7 +127,7 @@ class Service:
     self.convert_ckpt = convert_ckpt
     self._device = threading.Lock()
     self._runs: Dict[str, List[Run]] = {}
-    dataclasses.replace(self.base, input='-').validate()      # every setting but the input, before any work
+    dataclasses.replace(self.base, input='-').validate()      # every setting but the image, before any work
     probe = self.base.round_settings(self._default_elevation(), self.output / 'x' / 'rounds' / 'x')
     self.model = sampling.load_model(probe, convert_ckpt)
     self.warm_up_seconds = sampling.warm_up(probe, self.model) if warm_up else 0.0
