@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -120,6 +121,14 @@ def reconstruct(page, instance=None, timeout_s: float = 1800) -> str:
     page.locator('#instance label').nth(int(instance)).click()
   page.click('#reconstruct')
   return status(page, 'reconstructed', 'error:', timeout_s=timeout_s)
+
+
+def save_screenshot(page, path, width: int = 1000) -> None:
+  """The whole page as a small PNG (docs/app.png): scaled to `width` px, 256 colours."""
+  from PIL import Image
+  img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert('RGB')
+  img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
+  img.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def main(argv=None) -> int:

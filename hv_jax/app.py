@@ -254,9 +254,9 @@ def build(service: Service, s: AppSettings):
       text = f'instance #{int(k)} reconstructed in {time.time() - t0:.0f} s: {j.folder / "mesh.glb"}'
       return str(j.folder / report['outputs']['glb']), downloads(report, j), status_html(text)
 
-    def on_cancel(request: gr.Request):
-      n = service.cancel(request.session_hash)
-      return status_html('cancelled' if n else 'nothing to cancel')
+    def on_cancel(request: gr.Request):      # Gradio drops the session's events; its running job stops too
+      service.cancel(request.session_hash)
+      return status_html('cancelled')
 
     def on_pick(evt: gr.SelectData):
       return evt.index // 16 if isinstance(evt.index, int) else gr.update()

@@ -137,7 +137,7 @@ def test_upload_generate_reconstruct_download(served, page):
   colours = len(np.unique((shot[..., 0] << 16) | (shot[..., 1] << 8) | shot[..., 2]))
   assert colours > 1000 and shot.std() > 10, f'blank 3D viewer: {colours} colours, std {shot.std():.1f}'
   if SCREENSHOT:
-    pg.screenshot(path=SCREENSHOT, full_page=True)
+    driver.save_screenshot(pg, SCREENSHOT)
   links = {a.get_attribute('download'): a.get_attribute('href') for a in pg.locator('#downloads a').all()}
   assert {'mesh.glb', 'mesh.obj', 'mesh.mtl', 'mesh_texture.png', 'views.png', 'report.json'} <= set(links), links
   import trimesh
@@ -168,3 +168,23 @@ def test_a_broken_upload_is_one_line_and_the_next_request_is_served(served, page
   _, status = driver.generate(pg, INSTANCES, REQUEST_S)
   assert 'instances at 30.0 deg' in status and pg.locator('#views img').count() == INSTANCES * 16, status
   assert not pg.external, pg.external
+
+
+def test_a_running_job_can_be_cancelled_and_the_devices_are_free_again(served, page):
+  pg = page
+  if 'instances at' not in pg.inner_text('#status'):      # (else: the views of the test before)
+    driver.upload(pg, driver.GSO_VIEW)
+    driver.generate(pg, INSTANCES, REQUEST_S)
+  folder = pg.inner_text('#status').split('; ')[-1].strip()
+  pg.locator('#instance label').nth(0).click()
+  pg.click('#reconstruct')
+  pg.wait_for_function('/NeuS( -|:)/.test(document.body.innerText)', timeout=REQUEST_S * 1000, polling=100)
+  pg.click('#cancel')
+  assert driver.status(pg, 'cancelled', timeout_s=60) == 'cancelled'
+  time.sleep(5)
+  assert not pg.locator('#mesh canvas').count()
+  neus = os.path.join(folder, 'rounds', 'e+30.0', 'neus')
+  assert not os.path.exists(os.path.join(neus, 'mesh.ply')), os.listdir(neus)
+  # the cancelled job stops at its next NeuS log step and hands the devices to the next request
+  _, status = driver.generate(pg, INSTANCES, REQUEST_S)
+  assert 'instances at 30.0 deg' in status, status
