@@ -6,7 +6,7 @@ Starts the app (configs/app.py and the flags after `--`; by default the demo: ti
 in a subprocess, opens the page in headless Chromium (Playwright with the system's /usr/bin/chromium), uploads
 the image (default: the bundled GSO view), clicks Generate, waits for the views, clicks Reconstruct (the best
 instance) and waits for the mesh. Prints the seconds of the start-up, of each click and of the request (upload to
-mesh). Every request the page makes outside the app is refused and listed (the page must work offline).
+mesh), wall-clock and the app process's CPU seconds (the wall time depends on what else the machine runs). Every request the page makes outside the app is refused and listed (the page must work offline).
 
 tests/test_app.py drives the app with these functions.
 """
@@ -38,17 +38,28 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+class Served(str):
+  """The app's URL, with its process (`.process`)."""
+  process: subprocess.Popen
+
+  def cpu_seconds(self) -> float:
+    """CPU seconds the app's process has used (user + system; Linux)."""
+    fields = Path(f'/proc/{self.process.pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 @contextlib.contextmanager
 def serving(flags, out: Path, log: Path, start_s: float = 1800, env=None):
   """python -m hv_jax.app with configs/app.py and `flags`, outputs in `out`, until the context ends: yields its URL
-  once the page answers."""
+  (a `Served`) once the page answers."""
   port = free_port()
   cmd = [sys.executable, '-m', 'hv_jax.app', f'--config={ROOT}/configs/app.py', f'--config.port={port}',
          f'--config.output_dir={out}', *flags]
   env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
   with open(log, 'w') as f:
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-  url = f'http://127.0.0.1:{port}/'
+  url = Served(f'http://127.0.0.1:{port}/')
+  url.process = p
   t0 = time.time()
   try:
     while True:
@@ -144,20 +155,18 @@ def main(argv=None) -> int:
   times = {}
   t0 = time.time()
   with serving(a.flags, out, out / 'app.log') as url, sync_playwright() as pw:
-    times['start_s'] = time.time() - t0
+    times['start_s'], times['start_cpu_s'] = time.time() - t0, url.cpu_seconds()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
     page = open_page(browser, url)
     instances = int(page.locator('#instances input[type=number]').input_value())
-    t1 = time.time()
-    print(upload(page, a.image), flush=True)
-    times['upload_s'] = time.time() - t1
-    t2 = time.time()
-    print(generate(page, instances)[1], flush=True)
-    times['generate_s'] = time.time() - t2
-    t3 = time.time()
-    print(reconstruct(page), flush=True)
-    times['reconstruct_s'] = time.time() - t3
-    times['request_s'] = time.time() - t1
+    t1, c1 = time.time(), url.cpu_seconds()
+    for name, step in (('upload', lambda: upload(page, a.image)), ('generate', lambda: generate(page, instances)[1]),
+                       ('reconstruct', lambda: reconstruct(page))):
+      t, c = time.time(), url.cpu_seconds()
+      print(step(), flush=True)
+      times[f'{name}_s'], times[f'{name}_cpu_s'] = time.time() - t, url.cpu_seconds() - c
+    times['request_s'], times['request_cpu_s'] = time.time() - t1, url.cpu_seconds() - c1
+    times['load_average'] = os.getloadavg()
     times['external_requests'] = page.external
     browser.close()
   print(json.dumps(times, indent=1))
