@@ -10,8 +10,13 @@ because one path of one command needs them and they are slow to import or not in
   ray_pyembree()    trimesh's embree ray tracer (embreex): the mesh metrics' depth renders
   xatlas()          xatlas: the UV atlas of a textured export (hv_jax.export)
   imageio()         imageio: the turntable GIF of the export preview (hv_jax.export)
+  gradio()          gradio (extra app): the web app (hv_jax.app), with its analytics off
 """
 from __future__ import annotations
+
+import os
+
+from hv_jax.errors import UserError
 
 
 def pyplot():
@@ -53,3 +58,14 @@ def imageio():
   """imageio.v2 (GIF writing)."""
   import imageio.v2 as imageio  # lazy: preview only
   return imageio
+
+
+def gradio():
+  """The gradio module, never reaching the internet (usage analytics and its version check off); UserError
+  saying what to install when it is missing."""
+  os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'
+  try:
+    import gradio  # lazy: optional heavy dependency (extra app), the web app only
+  except ImportError as e:
+    raise UserError(f"the web app needs gradio: pip install -e '.[app]' ({e})") from None
+  return gradio

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 
@@ -258,11 +258,12 @@ class _Diverged(Exception):
   pass
 
 
-def run(s: ReconstructSettings) -> Dict[str, Any]:
+def run(s: ReconstructSettings, on_log: Optional[Callable[[dict], None]] = None) -> Dict[str, Any]:
   """Runs one reconstruction; returns the metrics dict (also in DIR/metrics.json).
 
   s.gt_rotation (degrees, None by default): the GT mesh's rotation for an object that is not a GSO-eval
-  object; by default it is looked up by gt_name."""
+  object; by default it is looked up by gt_name. on_log(row) sees each training log row ({'step', losses}, every
+  log_every steps): a front end's progress (hv_jax.app); an exception it raises stops the run, checkpoints kept."""
   s.validate()      # every setting first, then the input
   cfg, tc, lc = s.neus, s.train, s.loop_config()
   if not s.input:
@@ -338,6 +339,8 @@ def run(s: ReconstructSettings) -> Dict[str, Any]:
       k = 'loss' if 'loss' in bad else bad[0]
       raise _Diverged(f"training diverged by step {row['step']} ({k} {row[k]}): lower --config.train.base_lr "
                       "(this run's checkpoints were removed)")
+    if on_log is not None:
+      on_log(row)
 
   t0 = time.time()
   try:

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import trimesh
@@ -54,6 +54,17 @@ VIEW_SIZE = 256                      # NeuS, scoring and export work on 256 px v
 # fields of the nested blocks that the pipeline sets itself: a user value there would be silently replaced
 OWNED = {'sample': ('input', 'output_dir', 'elevation', 'checkpoint', 'crop_size', 'matting'),
          'neus': ('input', 'output_dir', 'overwrite')}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a long-lived front end (hv_jax.app) hands the stages; the command hands none."""
+  model: Optional[sampling.LoadedModel] = None        # params loaded once (else each sampling run loads them)
+  on_sample: Optional[sampling.Listener] = None       # the sampler's progress (instances, DDIM steps)
+  on_neus: Optional[Callable[[dict], None]] = None    # NeuS's training log rows (hv_jax.neus.pipeline.run)
+
+
+NO_HOOKS = Hooks()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +171,12 @@ def input_view(folder: Path, size: int):
   return a[..., :3] * a[..., 3:] + 1 - a[..., 3:], a[..., 3]
 
 
-def sample(s: ImageTo3DSettings, round_dir: Path, elevation: float, convert_ckpt) -> List[Path]:
+def sample(s: ImageTo3DSettings, round_dir: Path, elevation: float, convert_ckpt,
+           hooks: Hooks = NO_HOOKS) -> List[Path]:
   """N instances at `elevation` (the sampler skips instances already on disk with the same settings)."""
   ss = s.round_settings(elevation, round_dir)
   t0 = time.time()
-  manifests = sampling.run(ss, convert_ckpt=convert_ckpt)
+  manifests = sampling.run(ss, convert_ckpt=convert_ckpt, model=hooks.model, listener=hooks.on_sample)
   folder = round_dir / 'samples' / Path(INPUT_RGBA).stem
   if Path(INPUT_RGBA).stem not in manifests:
     raise UserError(f'{folder}: sampling did not finish every instance')
@@ -213,9 +225,9 @@ def select(s: ImageTo3DSettings, folder: Path, round_dir: Path, strips: List[Pat
   return stages.cached(folder, f'select_{rel.name}', identity, [str(rel / 'views.png')], compute)
 
 
-def reconstruct(s: ImageTo3DSettings, round_dir: Path) -> Dict[str, Any]:
+def reconstruct(s: ImageTo3DSettings, round_dir: Path, hooks: Hooks = NO_HOOKS) -> Dict[str, Any]:
   """NeuS on the chosen views (resumes from its checkpoints; refuses another input's outputs)."""
-  return neus_pipeline.run(s.neus_settings(round_dir))
+  return neus_pipeline.run(s.neus_settings(round_dir), on_log=hooks.on_neus)
 
 
 def estimate_elevation(s: ImageTo3DSettings, folder: Path, round_dir: Path) -> Dict[str, Any]:
@@ -280,47 +292,78 @@ def _tag(elevation: float) -> str:
   return f'e{elevation:+.1f}'
 
 
-def run_round(s: ImageTo3DSettings, folder: Path, elevation: float, convert_ckpt, seconds: dict) -> Dict[str, Any]:
-  """sample -> select -> neus at one elevation; returns the round's record for report.json."""
-  round_dir = folder / 'rounds' / _tag(elevation)
+def round_dir_of(folder: Path, elevation: float) -> Path:
+  return folder / 'rounds' / _tag(elevation)
+
+
+def strips_of(s: ImageTo3DSettings, folder: Path, elevation: float) -> List[Path]:
+  """The instance strips of a sampled round (as `sample` returned them)."""
+  samples = round_dir_of(folder, elevation) / 'samples' / Path(INPUT_RGBA).stem
+  return [samples / f'{k}.png' for k in range(int(s.sample.sample_num))]
+
+
+def run_round(s: ImageTo3DSettings, folder: Path, elevation: float, convert_ckpt, seconds: dict,
+              hooks: Hooks = NO_HOOKS, neus: bool = True) -> Dict[str, Any]:
+  """sample -> select (-> neus) at one elevation; returns the round's record for report.json."""
+  round_dir = round_dir_of(folder, elevation)
   t0 = time.time()
-  strips = sample(s, round_dir, elevation, convert_ckpt)
+  strips = sample(s, round_dir, elevation, convert_ckpt, hooks)
   seconds[f'sample {_tag(elevation)}'] = time.time() - t0
   sel = select(s, folder, round_dir, strips)
   seconds[f'select {_tag(elevation)}'] = sel['seconds']
+  record = {'elevation_deg': elevation, 'folder': str(round_dir.relative_to(folder)), 'chosen': sel['chosen'],
+            'chosen_by': sel['by'], 'scores': sel['scores']}
+  return neus_round(s, folder, record, seconds, hooks) if neus else record
+
+
+def neus_round(s: ImageTo3DSettings, folder: Path, record: Dict[str, Any], seconds: dict,
+               hooks: Hooks = NO_HOOKS) -> Dict[str, Any]:
+  """NeuS on a round's chosen views; the round's record with its 'neus' entry."""
   t0 = time.time()
-  metrics = reconstruct(s, round_dir)
-  seconds[f'neus {_tag(elevation)}'] = time.time() - t0
-  return {'elevation_deg': elevation, 'folder': str(round_dir.relative_to(folder)), 'chosen': sel['chosen'],
-          'chosen_by': sel['by'], 'scores': sel['scores'],
-          'neus': {'steps': metrics.get('steps'), 'mesh': metrics.get('mesh'),
-                   'seconds': metrics.get('seconds')}}
+  metrics = reconstruct(s, folder / record['folder'], hooks)
+  seconds[f'neus {_tag(record["elevation_deg"])}'] = time.time() - t0
+  return dict(record, neus={'steps': metrics.get('steps'), 'mesh': metrics.get('mesh'),
+                            'seconds': metrics.get('seconds')})
 
 
-def run_one(s: ImageTo3DSettings, path: Path, folder: Path, convert_ckpt=None) -> Dict[str, Any]:
-  t_start = time.time()
-  seconds: Dict[str, float] = {}
-  prep = prepare(s, path, folder)
-  seconds['prepare'] = prep['seconds']
-  rounds = []
-  elevation_info: Dict[str, Any] = {'mode': s.elevation}
-  if s.elevation == 'auto':
-    prior = float(s.elevation_prior)
-    rounds.append(run_round(s, folder, prior, convert_ckpt, seconds))
-    est = estimate_elevation(s, folder, folder / 'rounds' / _tag(prior))
-    seconds['elevation'] = est['seconds']
-    elevation_info.update(prior_deg=prior, estimate_deg=est['estimate_deg'], tolerance_deg=float(s.elevation_tolerance))
-    final = prior
-    if abs(est['estimate_deg'] - prior) > float(s.elevation_tolerance):
-      final = est['estimate_deg']
-      print(f'{folder.name}: elevation estimated at {final:.1f} deg (prior {prior:.1f}): sampling again there')
-      rounds.append(run_round(s, folder, final, convert_ckpt, seconds))
-    elevation_info['used_deg'] = final
-  else:
+def views_rounds(s: ImageTo3DSettings, folder: Path, convert_ckpt, seconds: dict, hooks: Hooks = NO_HOOKS):
+  """The instances at the final elevation, scored: ([round records], elevation record). With elevation 'auto',
+  the prior's round is reconstructed (the estimate needs its mesh); the final round is not yet."""
+  if s.elevation != 'auto':
     final = s.elevation_deg()
-    elevation_info['used_deg'] = final
-    rounds.append(run_round(s, folder, final, convert_ckpt, seconds))
-  round_dir = folder / 'rounds' / _tag(final)
+    return [run_round(s, folder, final, convert_ckpt, seconds, hooks, neus=False)], {'mode': s.elevation,
+                                                                                    'used_deg': final}
+  prior = float(s.elevation_prior)
+  rounds = [run_round(s, folder, prior, convert_ckpt, seconds, hooks)]
+  est = estimate_elevation(s, folder, round_dir_of(folder, prior))
+  seconds['elevation'] = est['seconds']
+  info = {'mode': 'auto', 'prior_deg': prior, 'estimate_deg': est['estimate_deg'],
+          'tolerance_deg': float(s.elevation_tolerance), 'used_deg': prior}
+  if abs(est['estimate_deg'] - prior) > float(s.elevation_tolerance):
+    info['used_deg'] = est['estimate_deg']
+    print(f'{folder.name}: elevation estimated at {info["used_deg"]:.1f} deg (prior {prior:.1f}): sampling again there')
+    rounds.append(run_round(s, folder, info['used_deg'], convert_ckpt, seconds, hooks, neus=False))
+  return rounds, info
+
+
+def choose(s: ImageTo3DSettings, folder: Path, record: Dict[str, Any], seconds: dict) -> Tuple[Dict[str, Any], bool]:
+  """The round's views.png made again for s.select (an instance picked by hand); returns the round's record
+  and whether its views changed (then its NeuS result is another input's: redone with overwrite)."""
+  round_dir = folder / record['folder']
+  views = round_dir / 'views.png'
+  before = digest.file_sha256(views) if views.is_file() else None
+  sel = select(s, folder, round_dir, strips_of(s, folder, record['elevation_deg']))
+  seconds[f'select {_tag(record["elevation_deg"])}'] = sel['seconds']
+  record = dict(record, chosen=sel['chosen'], chosen_by=sel['by'], scores=sel['scores'])
+  return record, before is not None and digest.file_sha256(views) != before
+
+
+def asset(s: ImageTo3DSettings, path: Path, folder: Path, prep: Dict[str, Any], rounds: List[Dict[str, Any]],
+          elevation_info: Dict[str, Any], seconds: dict, t_start: float, hooks: Hooks = NO_HOOKS) -> Dict[str, Any]:
+  """The final round reconstructed (unless done), exported, and report.json written; returns the report."""
+  if 'neus' not in rounds[-1]:
+    rounds = rounds[:-1] + [neus_round(s, folder, rounds[-1], seconds, hooks)]
+  round_dir = folder / rounds[-1]['folder']
   ex = export_stage(s, folder, round_dir)
   seconds['export'] = ex['seconds']
   report = {
@@ -332,6 +375,15 @@ def run_one(s: ImageTo3DSettings, path: Path, folder: Path, convert_ckpt=None) -
       'settings': settings_lib.as_json(s)}
   atomic.write_json(folder / REPORT, report)
   return report
+
+
+def run_one(s: ImageTo3DSettings, path: Path, folder: Path, convert_ckpt=None) -> Dict[str, Any]:
+  t_start = time.time()
+  seconds: Dict[str, float] = {}
+  prep = prepare(s, path, folder)
+  seconds['prepare'] = prep['seconds']
+  rounds, elevation_info = views_rounds(s, folder, convert_ckpt, seconds)
+  return asset(s, path, folder, prep, rounds, elevation_info, seconds, t_start)
 
 
 def run(s: ImageTo3DSettings, convert_ckpt: Optional[Callable] = None) -> Dict[str, dict]:

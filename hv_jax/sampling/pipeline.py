@@ -20,7 +20,8 @@ import functools
 import json
 import pathlib
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +221,24 @@ def load_params(weights: Weights, seed: int):
   except ckpt_lib.CheckpointError as e:
     raise UserError(str(e)) from e
   return params
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """Params loaded once and kept on the devices by a long-lived process (hv_jax.app), handed to `run`."""
+  weights: Weights
+  seed: int          # random weights are drawn from the sampling seed: they serve that seed only
+  params: Any
+
+  def serves(self, weights: Weights, seed: int) -> bool:
+    return self.weights == weights and (weights.source is not None or self.seed == int(seed))
+
+
+def load_model(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> LoadedModel:
+  """The weights of `s`, loaded and replicated over this process's devices."""
+  weights = resolve_weights(s, convert_ckpt)
+  params = jax.device_put(load_params(weights, int(s.seed)), parallel.replicated(parallel.make_mesh()))
+  return LoadedModel(weights, int(s.seed), params)
 
 
 def load_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Tuple[dict, ModelConfig, str]:
@@ -447,10 +466,18 @@ def manifest_of(s: SampleSettings, job: Job, settings: dict, weights: Weights, s
 
 # ----------------------------------------------------------------------------- the run
 
-def run(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Dict[str, dict]:
+# listener(instances done, instances to sample, DDIM steps done, steps): a front end's progress (hv_jax.app).
+# Called after each batch, and after each DDIM step from the compiled sampler's host callback (progress=True).
+Listener = Callable[[int, int, int, int], None]
+
+
+def run(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None, model: Optional[LoadedModel] = None,
+        listener: Optional[Listener] = None) -> Dict[str, dict]:
   """Runs the sampling job; returns {input name: manifest} of the inputs whose instances are all on disk.
 
-  `convert_ckpt`: how a .ckpt given as the checkpoint is converted on first use (`CkptConverter`)."""
+  `convert_ckpt`: how a .ckpt given as the checkpoint is converted on first use (`CkptConverter`).
+  `model`: params already loaded (`load_model`), used when they are the weights (and, random, the seed) of `s`.
+  `listener`: progress of the instances and DDIM steps (`Listener`)."""
   s.validate()
   parallel.initialize_distributed(bool(s.distributed))
   jobs = load_inputs(s)
@@ -468,22 +495,27 @@ def run(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = None) -> Dict
   timings = {'compile_and_first_batch_s': None, 'batches_s': []}
   sampled = set()
   if units:
-    params = jax.device_put(load_params(weights, int(s.seed)), parallel.replicated(mesh))
+    if model is not None and model.serves(weights, int(s.seed)):
+      params = model.params
+    else:
+      params = jax.device_put(load_params(weights, int(s.seed)), parallel.replicated(mesh))
     resize_inputs(jobs, weights.model_config.image_size)
     logging.info('%d devices (%s), %d processes; %d instances to sample, %d per call', ndev,
                  jax.devices()[0].platform, jax.process_count(), len(units), batch)
-    sampled = sample_units(s, units, params, weights, sconf, scales, settings, mesh, batch, out, timings)
+    sampled = sample_units(s, units, params, weights, sconf, scales, settings, mesh, batch, out, timings, listener)
   return write_summaries(s, out, jobs, settings, weights, sconf, timings, sampled)
 
 
 def sample_units(s: SampleSettings, units, params, weights, sconf, scales, settings, mesh, batch, out,
-                 timings) -> set:
+                 timings, listener: Optional[Listener] = None) -> set:
   """Samples (job, instance) units in batches and writes their strips; returns the names of the inputs touched."""
   fn = compiled_sampler(weights.model_config, sconf, tuple(mesh.devices.flat), bool(s.progress))
   seed, eta = int(s.seed), jnp.float32(s.eta)
   arrays_of = lambda chunk: batch_arrays(seed, [(j.image, j.elevation, j.input_id, k, scales) for j, k in chunk])
   pending = set()    # inputs whose manifest this run has (re)written before their first new strip
-  with progress_bars(fn, len(units), sconf.steps, bool(s.progress)) as (bar, step_bar):
+  done = [0]
+  tell = (lambda step: listener(done[0], len(units), step, sconf.steps)) if listener else None
+  with progress_bars(fn, len(units), sconf.steps, bool(s.progress), tell) as (bar, step_bar):
     for chunk, views, dt in parallel.run_batches(lambda *a: fn(params, *a, eta), units, batch, arrays_of, mesh):
       if timings['compile_and_first_batch_s'] is None:   # always one shape: no recompile on the last batch
         timings['compile_and_first_batch_s'] = dt
@@ -499,19 +531,22 @@ def sample_units(s: SampleSettings, units, params, weights, sconf, scales, setti
           pending.add(job.name)
         atomic.write_png(out / job.name / f'{k}.png', join_strip(to_uint8(v)))
       bar.update(len(chunk))
+      done[0] += len(chunk)
+      if tell:
+        tell(0)
   return pending
 
 
 @contextlib.contextmanager
-def progress_bars(fn, instances: int, steps: int, show: bool):
+def progress_bars(fn, instances: int, steps: int, show: bool, on_step: Optional[Callable[[int], None]] = None):
   """This run's bars (instances; DDIM steps, moved by fn's step callback if it was compiled with one), closed
-  when the run ends, however it ends."""
+  when the run ends, however it ends. on_step(steps done) is told each step too."""
   bar = tqdm(total=instances, desc='instances', unit='inst', disable=not show, file=sys.stderr)
   step_bar = tqdm(total=steps, desc='DDIM steps', unit='step', position=1, leave=False, disable=not show,
                   file=sys.stderr)
   reporter = getattr(fn, 'step_progress', None)     # None: compiled without the callback (progress=False)
   try:
-    with reporter.showing(step_bar) if reporter is not None else contextlib.nullcontext():
+    with reporter.showing(step_bar, on_step) if reporter is not None else contextlib.nullcontext():
       yield bar, step_bar
   finally:
     step_bar.close()
@@ -528,21 +563,25 @@ class StepProgress:
   """
 
   def __init__(self):
-    self._bar = None
+    self._bar, self._on_step = None, None
 
   @contextlib.contextmanager
-  def showing(self, bar):
-    previous, self._bar = self._bar, bar
+  def showing(self, bar, on_step: Optional[Callable[[int], None]] = None):
+    """Steps move `bar`, and are told to on_step(steps done), which may raise to stop the sampler (a cancelled
+    job: the call then fails with a JaxRuntimeError)."""
+    previous, (self._bar, self._on_step) = (self._bar, self._on_step), (bar, on_step)
     try:
       yield bar
     finally:
-      self._bar = previous
+      self._bar, self._on_step = previous
 
   def __call__(self, step) -> None:
     """Host callback once per DDIM step (fires once per device shard; the bar only moves forward)."""
-    bar = self._bar
+    bar, on_step = self._bar, self._on_step
     if bar is not None and int(step) + 1 > bar.n:
       bar.update(int(step) + 1 - bar.n)
+      if on_step is not None:
+        on_step(bar.n)
 
 
 @functools.lru_cache(maxsize=8)
@@ -564,6 +603,24 @@ def compiled_sampler(model_config: ModelConfig, sconf: SamplerConfig, devices: T
                in_shardings=(rep, data, data, data, data, None), out_shardings=data)
   fn.step_progress = callback
   return fn
+
+
+def warm_up(s: SampleSettings, model: LoadedModel) -> float:
+  """Compiles the sampler of `s` for `model` and runs one batch of it on a blank input, writing nothing, so
+  that a long-lived process (hv_jax.app) samples its first request at once; returns the seconds."""
+  t0 = time.perf_counter()
+  s.validate_sampling()
+  mesh = parallel.make_mesh()
+  batch = int(s.per_device_batch) * mesh.devices.size
+  check_view_chunk(s, batch * NUM_VIEWS)
+  size = model.weights.model_config.image_size
+  fn = compiled_sampler(model.weights.model_config, s.sampler_config(), tuple(mesh.devices.flat), bool(s.progress))
+  row = (np.zeros((size, size, 3), np.float32), np.radians(float(s.elevation)), 0, 0, s.scales)
+  eta = jnp.float32(s.eta)
+  for _ in parallel.run_batches(lambda *a: fn(model.params, *a, eta), [row], batch,
+                                lambda chunk: batch_arrays(int(s.seed), chunk), mesh):
+    pass
+  return time.perf_counter() - t0
 
 
 def write_summaries(s: SampleSettings, out, jobs, settings, weights, sconf, timings, sampled):
