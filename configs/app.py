@@ -3,7 +3,7 @@
   python -m hv_jax.app --config=configs/app.py                     # tiny random model (a banner says so)
   python -m hv_jax.app --config=configs/app.py --config.checkpoint=checkpoints/syncdreamer.ckpt
 
-A request starts from configs/image_to_3d.py's settings (block `image_to_3d`), or with checkpoint='random' from
+A request starts with configs/image_to_3d.py's settings (block `image_to_3d`), or with checkpoint='random' from
 configs/image_to_3d_demo.py's (block `demo`); the widgets start at them. Any field can be set, e.g.
 --config.image_to_3d.neus.train.total_steps=400 or --config.demo.sample.sample_steps=4.
 """

@@ -139,13 +139,13 @@ def _command_settings():
   from convert import lpips as convert_lpips
   from convert import syncdreamer as convert_syncdreamer
   from experiments import diversity, report
-  from hv_jax import estimate_elevation, evaluate, evaluate_mesh, matte
+  from hv_jax import app, estimate_elevation, evaluate, evaluate_mesh, matte
   from hv_jax.neus import pipeline as neus_pipeline
   from hv_jax.pipeline import image_to_3d
   return (pipeline.SampleSettings, neus_pipeline.ReconstructSettings, diversity.StudySettings,
           evaluate.EvaluateSettings, evaluate_mesh.MeshEvalSettings, report.ReportSettings,
           convert_syncdreamer.ConvertSettings, convert_lpips.ConvertSettings, image_to_3d.ImageTo3DSettings,
-          estimate_elevation.ElevationSettings, matte.MatteSettings)
+          estimate_elevation.ElevationSettings, matte.MatteSettings, app.AppSettings)
 
 
 def test_config_dict_is_the_dataclass_defaults_and_reads_back():
@@ -174,7 +174,7 @@ def test_config_files_load_by_path_from_any_folder(tmp_path, monkeypatch):
   classes = {c.__name__: c for c in _command_settings()}
   kinds = {'neus': 'ReconstructSettings', 'neus_fast': 'ReconstructSettings', 'evaluate': 'EvaluateSettings',
            'demo_sweep': 'StudySettings', 'scale_sweep': 'StudySettings', 'image_to_3d': 'ImageTo3DSettings',
-           'image_to_3d_demo': 'ImageTo3DSettings'}
+           'image_to_3d_demo': 'ImageTo3DSettings', 'app': 'AppSettings'}
   monkeypatch.chdir(tmp_path)
   paths = sorted(P.ROOT.glob('configs/*.py')) + sorted(P.ROOT.glob('experiments/configs/*.py'))
   for path in (p for p in paths if p.name != '__init__.py'):
