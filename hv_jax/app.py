@@ -161,7 +161,7 @@ CSS = '''
 .hv-ok {background: #eef5ee; color: #1b5e20;}
 #views .grid-container {grid-template-columns: repeat(16, minmax(0, 1fr)) !important; grid-template-rows: none !important;
   grid-auto-rows: auto !important; gap: 4px !important;}
-#views .grid-wrap.fixed-height {height: auto !important; max-height: none !important; overflow-y: visible !important;}
+#views .grid-wrap.fixed-height {min-height: 0 !important; max-height: none !important; overflow-y: visible !important;}
 '''
 
 

@@ -113,7 +113,7 @@ def _canvas(pg, wait_s: float = 60) -> np.ndarray:
 
 
 def test_upload_generate_reconstruct_download(served, page):
-  url, out = served
+  _, out = served
   pg = page
   assert pg.locator('#hv-banner').is_visible() and 'RANDOM WEIGHTS' in pg.inner_text('#hv-banner')
   status = driver.upload(pg, driver.GSO_VIEW)
