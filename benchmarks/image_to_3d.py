@@ -23,6 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.evaluate import matmul_gflops  # noqa: E402  (the in-run matmul rate, one definition)
 
 CONFIGS = {
     'demo': ['--config=configs/image_to_3d_demo.py'],
@@ -31,20 +33,6 @@ CONFIGS = {
              '--config.sample.sample_steps=2', '--config.elevation=30',
              '--config.neus.train.total_steps=200', '--config.neus.train.decay_interval=200'],
 }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  import jax
-  import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  jax.block_until_ready(f(a, a))
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best / 1e9
 
 
 def run(name: str, out: str) -> dict:
