@@ -1,7 +1,9 @@
 """The PyTorch -> Flax converter: full-size key coverage, the CLI, orbax round trip, and bad input."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -82,6 +84,16 @@ def _cli(*args):
   r = subprocess.run([sys.executable, '-m', 'convert.syncdreamer', *args], capture_output=True, text=True,
                      cwd=P.ROOT, env=env, timeout=600)
   return r.returncode, r.stdout, r.stderr
+
+
+def _main(*args):
+  """The converter CLI's main(argv) in this process, reported as _cli reports it: the same command without a new
+  interpreter's start-up (torch and jax imports, ~8 s), for checkpoints refused before anything is written."""
+  from convert import syncdreamer
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = syncdreamer.main(list(args))
+  return code, out.getvalue(), err.getvalue()
 
 
 def _tiny_config_file(tmp_path, **overrides):
@@ -169,11 +181,11 @@ def test_not_a_syncdreamer_checkpoint(tmp_path):
   other = tmp_path / 'other.ckpt'
   torch.save({'state_dict': {'encoder.weight': torch.zeros(3, 3)}}, other)
   out = str(tmp_path / 'out')
-  rc, _, err = _cli(f'--config.ckpt={other}', f'--config.out={out}')
+  rc, _, err = _main(f'--config.ckpt={other}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not a SyncDreamer checkpoint')
   garbage = tmp_path / 'garbage.ckpt'
   garbage.write_bytes(b'not a checkpoint at all' * 100)
-  rc, _, err = _cli(f'--config.ckpt={garbage}', f'--config.out={out}')
+  rc, _, err = _main(f'--config.ckpt={garbage}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'not a readable PyTorch checkpoint')
 
 
@@ -181,7 +193,7 @@ def test_not_a_syncdreamer_checkpoint(tmp_path):
 def test_config_that_does_not_match_the_checkpoint(tmp_path):
   out = str(tmp_path / 'out')
   cfg = _tiny_config_file(tmp_path, unet__model_channels=64)
-  rc, _, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.model={cfg}', f'--config.out={out}')
+  rc, _, err = _main(f'--config.ckpt={P.CKPT}', f'--config.model={cfg}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'does not match the model config', 'mis-shaped key: model.diffusion_model.')
 
 
@@ -193,7 +205,7 @@ def test_extra_and_missing_keys_are_named(tmp_path):
   bad = tmp_path / 'edited.ckpt'
   torch.save({'state_dict': sd}, bad)
   out = str(tmp_path / 'out')
-  rc, _, err = _cli(f'--config.ckpt={bad}', f'--config.model={P.PARITY_DIR / "config.json"}', f'--config.out={out}')
+  rc, _, err = _main(f'--config.ckpt={bad}', f'--config.model={P.PARITY_DIR / "config.json"}', f'--config.out={out}')
   _assert_failed_cleanly(rc, err, out, 'model.diffusion_model.extra_layer.weight', 'missing', 'cc_projection/bias')
 
 
@@ -202,7 +214,7 @@ def test_existing_output_is_not_clobbered(tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  rc, _, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.out={out}')
+  rc, _, err = _main(f'--config.ckpt={P.CKPT}', f'--config.out={out}')
   assert rc != 0 and 'exists' in err and 'Traceback' not in err
   assert (out / 'keep.txt').read_text() == 'mine'
 
@@ -251,7 +263,7 @@ def test_config_mismatch_is_named_with_its_likely_cause(tmp_path):
   """The tiny checkpoint with the default (full-size) config: a config mismatch, not 'missing CLIP weights'."""
   before = _tree(tmp_path)
   out = tmp_path / 'new' / 'nested' / 'out'     # its parents do not exist: the CLI must not leave them behind
-  rc, stdout, err = _cli(f'--config.ckpt={P.CKPT}', f'--config.out={out}', '--config.quiet=True')
+  rc, stdout, err = _main(f'--config.ckpt={P.CKPT}', f'--config.out={out}', '--config.quiet=True')
   assert rc == 2, err
   line, listed = _error_lines(err)
   assert 'does not match the model config (full size)' in line
@@ -296,7 +308,7 @@ def test_missing_clip_tower_suggests_clip_from_the_cli(tmp_path):
   ckpt = _no_clip_ckpt(tmp_path)
   out = tmp_path / 'a' / 'out'
   before = _tree(tmp_path)
-  rc, _, err = _cli(f'--config.ckpt={ckpt}', '--config.model=tiny', f'--config.out={out}', '--config.quiet=True')
+  rc, _, err = _main(f'--config.ckpt={ckpt}', '--config.model=tiny', f'--config.out={out}', '--config.quiet=True')
   assert rc == 2
   line, listed = _error_lines(err)
   assert not listed

@@ -1,8 +1,11 @@
 """NeuS stage: views and rays as the original builds them, batching, resume, the CLI and its bad inputs."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -219,6 +222,17 @@ def run_cli(*args):
                         env=env, cwd=ROOT)
 
 
+def run_main(*args):
+  """hv_jax.reconstruct.main(args) in this process, as run_cli reports it (returncode, stdout, stderr): the same
+  command without a new interpreter's ~5 s, for mistakes refused before any training."""
+  from hv_jax import reconstruct
+  out, err = io.StringIO(), io.StringIO()
+  args = [a.replace('--config=configs/', f'--config={ROOT}/configs/', 1) for a in args]
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = reconstruct.main(args)
+  return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 SHORT, CHAMFER_BOUND, IOU_BOUND = 150, 0.025, 0.7   # measured: 0.0156, 0.878 (0.0158, 0.834 before the floor)
 
 TINY_FLAGS = ['--config=configs/neus_fast.py', '--config.train.total_steps=4', '--config.train.decay_interval=2',
@@ -240,8 +254,8 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
   cases.append(([f'--config.input={tmp_path / "empty.png"}'], 'mask is empty'))
   Image.new('RGB', (1024, 256)).save(tmp_path / 'short.png')
   cases.append(([f'--config.input={tmp_path / "short.png"}'], 'strip'))
-  for extra, msg in cases:
-    r = run_cli(*TINY_FLAGS, f'--config.output_dir={out}', *extra)
+  for k, (extra, msg) in enumerate(cases):    # the first through `python -m`, the others through main() in process
+    r = (run_cli if k == 0 else run_main)(*TINY_FLAGS, f'--config.output_dir={out}', *extra)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith('error: ') and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not out.exists()
@@ -252,7 +266,7 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
   disc = (((yy - 128) ** 2 + (xx % 256 - 128) ** 2) < 50 ** 2).astype(np.uint8) * 255   # a red disc in each view
   Image.fromarray(np.dstack([np.full((256, 4096), 255, np.uint8), np.zeros((256, 4096, 2), np.uint8), disc]),
                   'RGBA').save(good.with_suffix('.png'))
-  r = run_cli(*TINY_FLAGS, f'--config.input={good.with_suffix(".png")}', f'--config.output_dir={blocker}/sub')
+  r = run_main(*TINY_FLAGS, f'--config.input={good.with_suffix(".png")}', f'--config.output_dir={blocker}/sub')
   assert r.returncode == 2 and 'not writable' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -273,8 +287,8 @@ def test_cli_gt_mesh_and_its_rotation_are_checked_before_training(tmp_path):
        '--config.gt_rotation=0 if the GT mesh needs no rotation'),
       ([f'--config.gt_mesh={gt}', '--config.gt_rotation=nan'], 'error: --config.gt_rotation=nan: must be a finite number'),
   ]
-  for extra, msg in cases:
-    r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', *extra)
+  for k, (extra, msg) in enumerate(cases):    # the first through `python -m`, the others through main() in process
+    r = (run_cli if k == 0 else run_main)(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', *extra)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(msg), r.stderr
     assert 'neus:' not in r.stdout and not out.exists()
@@ -302,7 +316,7 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
   for flag, msg in (('--config.train.base_lr=nan', 'error: --config.train.base_lr=nan: must be a finite number'),
                     ('--config.neus.lambda_eikonal_loss=inf',
                      'error: --config.neus.lambda_eikonal_loss=inf: must be a finite number')):
-    r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', flag)
+    r = run_main(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', flag)
     assert r.returncode == 2 and r.stderr.strip() == msg and not out.exists(), r.stderr
   for field, value, msg in (('train.grid_lr_scale', float('-inf'), 'train.grid_lr_scale=-inf: must be a finite'),
                             ('neus.variance_init', float('nan'), 'neus.variance_init=nan: must be a finite'),
