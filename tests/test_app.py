@@ -180,7 +180,10 @@ def test_a_running_job_can_be_cancelled_and_the_devices_are_free_again(served, p
   pg.click('#reconstruct')
   pg.wait_for_function('/NeuS( -|:)/.test(document.body.innerText)', timeout=REQUEST_S * 1000, polling=100)
   pg.click('#cancel')
-  assert driver.status(pg, 'cancelled', timeout_s=60) == 'cancelled'
+  # the app's line is 'cancelled'; Gradio's own tracker on the status box may also label the cancelled event's
+  # output 'Error' above it (seen in 1 of 3 CI runs), which is Gradio's, not a message of the app
+  text = driver.status(pg, 'cancelled', timeout_s=60)
+  assert text.splitlines()[-1] == 'cancelled' and 'error:' not in text, text
   time.sleep(5)
   assert not pg.locator('#mesh canvas').count()
   neus = os.path.join(folder, 'rounds', 'e+30.0', 'neus')
