@@ -1,9 +1,7 @@
 """The PyTorch -> Flax converter: full-size key coverage, the CLI, orbax round trip, and bad input."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -87,13 +85,10 @@ def _cli(*args):
 
 
 def _main(*args):
-  """The converter CLI's main(argv) in this process, reported as _cli reports it: the same command without a new
-  interpreter's start-up (torch and jax imports, ~8 s), for checkpoints refused before anything is written."""
-  from convert import syncdreamer
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = syncdreamer.main(list(args))
-  return code, out.getvalue(), err.getvalue()
+  """The converter CLI's main(argv) in this process, reported as _cli reports it (tests/parity.py run_main), for
+  checkpoints refused before anything is written."""
+  r = P.run_main('convert.syncdreamer', args)
+  return r.returncode, r.stdout, r.stderr
 
 
 def _tiny_config_file(tmp_path, **overrides):

@@ -1,17 +1,15 @@
 """NeuS stage: views and rays as the original builds them, batching, resume, the CLI and its bad inputs."""
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+import parity as P
 from hv_jax.neus import data as neus_data
 from hv_jax.neus import fields, mesh, train
 from hv_jax.neus.fields import ColorConfig, GridSDFConfig, NeuSConfig
@@ -223,14 +221,8 @@ def run_cli(*args):
 
 
 def run_main(*args):
-  """hv_jax.reconstruct.main(args) in this process, as run_cli reports it (returncode, stdout, stderr): the same
-  command without a new interpreter's ~5 s, for mistakes refused before any training."""
-  from hv_jax import reconstruct
-  out, err = io.StringIO(), io.StringIO()
-  args = [a.replace('--config=configs/', f'--config={ROOT}/configs/', 1) for a in args]
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = reconstruct.main(args)
-  return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+  """hv_jax.reconstruct's main(args) in this process, reported as run_cli reports it (tests/parity.py run_main)."""
+  return P.run_main('hv_jax.reconstruct', args)
 
 
 SHORT, CHAMFER_BOUND, IOU_BOUND = 150, 0.025, 0.7   # measured: 0.0156, 0.878 (0.0158, 0.834 before the floor)
