@@ -400,9 +400,9 @@ def test_real_object_shortened_reconstruction(tmp_path):
            f'--config.train.decay_interval={SHORT // 2}', '--config.train.warm_up_steps=10', '--config.batch_num=512',
            '--config.fg_num=128', '--config.mesh_resolution=128', '--config.vertex_colors=False',
            '--config.progress=False']
-  r = run_cli(*flags)
+  r = run_main(*flags)            # the command in process (its `python -m` path: test_cli_bad_inputs_write_nothing)
   assert r.returncode == 0 and 'already reconstructed from the same input and settings' in r.stdout, r.stderr
-  r = run_cli(*flags, '--config.train.base_lr=0.002')
+  r = run_main(*flags, '--config.train.base_lr=0.002')
   assert r.returncode == 2 and r.stderr.strip() == (
       f'error: {out} holds a reconstruction of another input/settings (train.base_lr): use another output_dir '
       'or --config.overwrite=True'), r.stderr
