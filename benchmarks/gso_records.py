@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -40,6 +41,9 @@ def add(a):
   data = json.load(open(RECORDS)) if os.path.exists(RECORDS) else {}
   for o in a.objects:
     m = json.load(open(os.path.join(a.recon, o, 'metrics.json')))
+    if (m['mask_source'], m['steps']) != ('plain', 800):    # the tables are of plain masks at neus_fast's 800 steps
+      sys.exit(f"error: {a.recon}/{o} was reconstructed with masks {m['mask_source']!r} at {m['steps']} steps, "
+               "not 'plain' at 800: nothing added")
     rec = {'chamfer': m['geometry']['chamfer'], 'iou': m['geometry']['iou'],
            'chamfer_nofloor': m['geometry_nofloor']['chamfer'], 'iou_nofloor': m['geometry_nofloor']['iou'],
            'minutes': m['seconds']['total'] / 60, 'mask_source': m['mask_source'], 'steps': m['steps']}
