@@ -24,7 +24,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from hv_jax import elevation, raycast
+from hv_jax import digest, elevation, raycast
 from hv_jax.metrics import geometry
 
 RECON_FILES = ('mesh.ply', 'mesh_nofloor.ply')
@@ -85,11 +85,13 @@ def main(argv=None) -> int:
     K = raycast.intrinsics(256, min(raycast.FOCAL_256, 0.8 * fit) * zoom)
     inputs = [raycast.silhouette(v, f, K, raycast.look_at_pose(0.0, e, a.input_distance), 256) for e in elevations]
     meshes = {'gt': (v, f)}
+    mesh_sha256 = {}       # which reconstruction each estimate is of (benchmarks/gso_records.py checks it)
     for r in RECON_FILES if a.recon else ():
       path = os.path.join(a.recon, name, r)
       if os.path.isfile(path):
         m = geometry.load_mesh(path)
         meshes[f'recon:{r}'] = (m.vertices, m.faces)
+        mesh_sha256[f'recon:{r}'] = digest.file_sha256(path)
       else:
         skipped[f'recon:{r}'].append(name)
     for kind, (mv, mf) in meshes.items():
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
         records.append({'object': name, 'kind': kind, 'true_deg': e, 'estimate_deg': est.elevation_deg,
                         'error_deg': err, 'iou': est.iou, 'second_best_deg': est.second_best_deg,
                         'second_best_iou': est.second_best_iou, 'distance': est.distance, 'seconds': dt,
-                        'convention_iou': conv})
+                        'convention_iou': conv, 'mesh_sha256': mesh_sha256.get(kind)})    # None: the GT mesh
       print(f'{name:14s} {kind:22s} {conv:8.4f}  ' + '  '.join(f'{x:+6.2f}' for x in row), flush=True)
   print()
   for kind in kinds:

@@ -1,4 +1,4 @@
-"""The per-object records behind three partial GSO tables (docs/matting.md "NeuS with plain masks",
+"""The per-object records behind three GSO tables (docs/matting.md "NeuS with plain masks",
 docs/elevation.md "(b)", docs/export.md "Validation on GSO reconstructions"), kept in
 docs/data/gso_plain_masks.json so that objects reconstructed in different sessions add up to one table.
 
@@ -9,6 +9,8 @@ docs/data/gso_plain_masks.json so that objects reconstructed in different sessio
   PYTHONPATH=. python benchmarks/gso_records.py tables      # prints the three tables' rows and summaries
   PYTHONPATH=. python benchmarks/gso_records.py docs        # rewrites those tables in docs/
 
+`add` refuses, in one line and adding nothing, a reconstruction not made with plain masks at 800 steps, and
+estimates or a texture row made from another mesh than RECON/OBJ's (each names the sha256 of the mesh it used).
 Objects measured before this file existed carry the figures of the docs' tables ("source").
 """
 from __future__ import annotations
@@ -22,9 +24,14 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hv_jax import digest  # noqa: E402
+
 RECORDS = os.path.join(ROOT, 'docs', 'data', 'gso_plain_masks.json')
 ELEVATIONS = ('-5.0', '5.0', '15.0', '25.0', '35.0')
 MESHES = ('mesh.ply', 'mesh_nofloor.ply')
+TEXTURE_MESH_LINE = 'mesh.ply sha256:'    # texture_gso.MESH_LINE (that module loads the bake; this one stays light)
 # records made before records carried their machine: all on the first development machine
 EARLIER = 'the earlier 2-core AMD EPYC (in-run float32 matmul 120-150 GFLOP/s)'
 
@@ -37,6 +44,32 @@ def machine() -> str:
   return f'{os.cpu_count()}-core {model.group(1).strip() if model else "CPU"} with {isa}'
 
 
+def _recon_estimates(elev_path: str, o: str) -> list:
+  return [r for r in json.load(open(elev_path))['records'] if r['object'] == o and r['kind'].startswith('recon:')]
+
+
+def _not_of(recorded) -> str:
+  return 'was made from another mesh than' if recorded else 'does not name its mesh, so it may not be of'
+
+
+def _digests_of(recon: str, o: str, elev_path: str, tex_path: str) -> None:
+  """Refuses (one line) estimates or a texture row made from another reconstruction of `o` than recon/o's meshes:
+  benchmarks/elevation_gso.py and texture_gso.py record the sha256 of each mesh they used."""
+  have = {name: digest.file_sha256(p) for name in MESHES if os.path.isfile(p := os.path.join(recon, o, name))}
+  estimates = _recon_estimates(elev_path, o)
+  if not estimates:
+    sys.exit(f'error: {elev_path} holds no estimates of reconstructions of {o}: nothing added')
+  for r in estimates:
+    name = r['kind'][len('recon:'):]
+    if r.get('mesh_sha256') != have.get(name):
+      sys.exit(f"error: {elev_path}: its row of estimates for {o}/{name} {_not_of(r.get('mesh_sha256'))} "
+               f"{recon}/{o}/{name}: run benchmarks/elevation_gso.py on it again; nothing added")
+  lines = [l.split() for l in open(tex_path) if l.startswith(f'{TEXTURE_MESH_LINE} {o} ')]
+  if not lines or lines[0][-1] != have.get('mesh.ply'):
+    sys.exit(f"error: {tex_path}: its row of {o} {_not_of(lines[0][-1] if lines else None)} {recon}/{o}/mesh.ply: "
+             "run benchmarks/texture_gso.py on it again; nothing added")
+
+
 def add(a):
   data = json.load(open(RECORDS)) if os.path.exists(RECORDS) else {}
   for o in a.objects:
@@ -44,15 +77,16 @@ def add(a):
     if (m['mask_source'], m['steps']) != ('plain', 800):    # the tables are of plain masks at neus_fast's 800 steps
       sys.exit(f"error: {a.recon}/{o} was reconstructed with masks {m['mask_source']!r} at {m['steps']} steps, "
                "not 'plain' at 800: nothing added")
+    elev_path, tex_path = os.path.join(a.elevation, f'recon_{o}.json'), os.path.join(a.texture, f'{o}.md')
+    _digests_of(a.recon, o, elev_path, tex_path)
     rec = {'chamfer': m['geometry']['chamfer'], 'iou': m['geometry']['iou'],
            'chamfer_nofloor': m['geometry_nofloor']['chamfer'], 'iou_nofloor': m['geometry_nofloor']['iou'],
            'minutes': m['seconds']['total'] / 60, 'mask_source': m['mask_source'], 'steps': m['steps']}
     elev = {}
-    for r in json.load(open(os.path.join(a.elevation, f'recon_{o}.json')))['records']:
-      if r['kind'].startswith('recon:'):
-        elev.setdefault(r['kind'][len('recon:'):], {})[str(r['true_deg'])] = [r['error_deg'], r['seconds']]
+    for r in _recon_estimates(elev_path, o):
+      elev.setdefault(r['kind'][len('recon:'):], {})[str(r['true_deg'])] = [r['error_deg'], r['seconds']]
     rec['elevation'] = elev
-    rows = [l.strip() for l in open(os.path.join(a.texture, f'{o}.md')) if l.startswith(f'| {o} |')]
+    rows = [l.strip() for l in open(tex_path) if l.startswith(f'| {o} |')]
     rec['texture_row'] = rows[0]
     rec['machine'] = machine()
     old = data.get(o, {})
@@ -250,7 +284,7 @@ depending on the machine and its load), in the background across sessions; each 
 
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest='cmd', required=True)
   a = sub.add_parser('add')
@@ -261,7 +295,7 @@ def main():
   a.set_defaults(fn=add)
   sub.add_parser('tables').set_defaults(fn=tables)
   sub.add_parser('docs').set_defaults(fn=write_docs)
-  args = p.parse_args()
+  args = p.parse_args(argv)
   args.fn(args)
 
 

@@ -26,9 +26,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hv_jax import optional  # noqa: E402
+from hv_jax import digest, optional  # noqa: E402
 from hv_jax.export import preview, texture  # noqa: E402
 from hv_jax.models.cameras import default_cameras  # noqa: E402
+
+
+MESH_LINE = 'mesh.ply sha256:'     # benchmarks/gso_records.py checks a row against its reconstruction by this
 
 
 def load_views(folder: str):
@@ -48,7 +51,8 @@ def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
 def evaluate(name: str, gso: str, recon: str, size: int, max_faces: int, preview_dir: str = ''):
   rgb, mask = load_views(os.path.join(gso, name))
   Ks, poses, _ = default_cameras(16, 256)
-  mesh = optional.trimesh().load(os.path.join(recon, name, 'mesh.ply'), process=False)
+  path = os.path.join(recon, name, 'mesh.ply')
+  mesh = optional.trimesh().load(path, process=False)
   v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
   vc = np.asarray(mesh.visual.vertex_colors)[:, :3]
   t0 = time.time()
@@ -60,7 +64,7 @@ def evaluate(name: str, gso: str, recon: str, size: int, max_faces: int, preview
   coloured = np.stack([preview.render(v, f, Ks[i], poses[i], 256, 256, vertex_colors=vc) for i in range(16)])
   row = {'object': name, 'faces': len(f), 'faces_textured': len(f2), 'psnr_vertex': psnr(coloured, rgb),
          'psnr_texture': psnr(textured, rgb), 'bake_s': bake_s, 'seconds': stats['seconds'],
-         'texels_seen': stats['texels_seen'] / max(stats['texels'], 1)}
+         'texels_seen': stats['texels_seen'] / max(stats['texels'], 1), 'mesh_sha256': digest.file_sha256(path)}
   if preview_dir:
     row['preview'] = preview.write_preview(os.path.join(preview_dir, name), v2, f2, uv=uv, texture=tex)
   return row
@@ -81,6 +85,7 @@ def table(rows, available: int, total: int, command: str) -> str:
     m = lambda k: np.mean([r[k] for r in rows])  # noqa: E731
     lines.append(f"| **mean** | | | {m('psnr_vertex'):.2f} | {m('psnr_texture'):.2f} | "
                  f"{m('psnr_texture') - m('psnr_vertex'):+.2f} | {m('bake_s'):.1f} | |")
+  lines += [''] + [f"{MESH_LINE} {r['object']} {r['mesh_sha256']}" for r in rows]   # the mesh each row is of
   return '\n'.join(lines) + '\n'
 
 
