@@ -60,6 +60,9 @@ def one_line(text: str) -> str:
 
 def describe_flag_error(e: BaseException, argv: Sequence[str]) -> str:
   """One line for an exception raised while parsing the flags."""
+  # ml_collections raises AttributeError(KeyError("'name'")) for an unknown field: unwrap to the name's text
+  while isinstance(e, (KeyError, AttributeError)) and e.args and isinstance(e.args[0], (KeyError, AttributeError)):
+    e = e.args[0]
   text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
   if isinstance(e, SyntaxError) or any(s in text for s in (
       'Failed loading config file', 'Configuration is not available', 'Error whilst parsing config file')):
@@ -70,6 +73,11 @@ def describe_flag_error(e: BaseException, argv: Sequence[str]) -> str:
     flag = next((a.split('=')[0] for a in argv if re.fullmatch(rf'--config\.(.+\.)?{re.escape(bad)}(=.*)?', a)),
                 f'--config.{bad}')
     return f'{flag}: the config has no field {bad!r}; did you mean {flag[:len(flag) - len(bad)]}{good}?'
+  m = re.search(r"Attribute <class '(\w+)'>\.\S+ does not exist .*Attempting to lookup: (\S+)", text)
+  if m:        # --config.eta.x where eta is a value, not a block
+    kind, path = m.groups()
+    parent, _, name = path.rpartition('.')
+    return f'--config.{path}: --config.{parent} is a {kind}, not a block: it has no field {name!r}'
   m = re.fullmatch(r"'?([^'\n]+)'?", text.strip())
   if isinstance(e, (KeyError, AttributeError)) and m:
     bad = m.group(1)

@@ -43,6 +43,9 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
        f"error: --config.{typo}: the config has no field '{typo.split('.')[-1]}'; did you mean "
        f"--config.{typo.rpartition('.')[0] + '.' if '.' in typo else ''}{meant}?"),
       ([f'--config={config}', f'--config.{float_field}=abc', out], f'error: flag --config.{float_field}=abc'),
+      # a name close to no field: the flag and the name, not ml_collections' nested KeyError text
+      ([f'--config={config}', '--config.qqqq=3', out], "error: --config.qqqq: the config has no field 'qqqq' ("),
+      ([f'--config={config}', f'--config.{float_field}.qqqq=3', out], f"error: --config.{float_field}.qqqq: "),
       ([f'--config={config}', f'--config.{float_field}=nan', out], f'error: --config.{float_field}=nan: must be a finite'),
       ([out], 'error: pass --config='),
   ]
