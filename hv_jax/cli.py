@@ -73,11 +73,6 @@ def describe_flag_error(e: BaseException, argv: Sequence[str]) -> str:
     flag = next((a.split('=')[0] for a in argv if re.fullmatch(rf'--config\.(.+\.)?{re.escape(bad)}(=.*)?', a)),
                 f'--config.{bad}')
     return f'{flag}: the config has no field {bad!r}; did you mean {flag[:len(flag) - len(bad)]}{good}?'
-  m = re.search(r"Attribute <class '(\w+)'>\.\S+ does not exist .*Attempting to lookup: (\S+)", text)
-  if m:        # --config.eta.x where eta is a value, not a block
-    kind, path = m.groups()
-    parent, _, name = path.rpartition('.')
-    return f'--config.{path}: --config.{parent} is a {kind}, not a block: it has no field {name!r}'
   m = re.fullmatch(r"'?([^'\n]+)'?", text.strip())
   if isinstance(e, (KeyError, AttributeError)) and m:
     bad = m.group(1)
@@ -126,6 +121,31 @@ def _fields(value, prefix: str = ''):
     return
   for k, v in items:
     yield from _fields(v, f'{prefix}{k}.')
+
+
+def _field_under_a_value(argv: Sequence[str], config) -> Optional[str]:
+  """The line for --config.a.b=V where `a` is a value (a float, a string), not a block: ml_collections reports
+  it as an indexing error of the value's type, without the flag."""
+  if config is None:
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    try:
+      config = load_config(path) if path else None
+    except Exception:  # noqa: BLE001  (the file's own errors are reported where it is loaded)
+      return None
+  for a in argv:
+    if not a.startswith('--config.'):
+      continue
+    parts = a[len('--config.'):].split('=', 1)[0].split('.')
+    block = config
+    for i, part in enumerate(parts[:-1]):
+      if not hasattr(block, 'keys') or part not in block.keys():
+        break
+      block = block[part]
+      if not hasattr(block, 'keys'):
+        parent = '.'.join(parts[:i + 1])
+        return (f"--config.{'.'.join(parts)}: --config.{parent} is a {type(block).__name__}, not a block: it has "
+                f'no field {parts[i + 1]!r}')
+  return None
 
 
 def _did_you_mean(text: str, config) -> str:
@@ -180,7 +200,7 @@ def main(argv: Optional[Sequence[str]], settings_cls: Type[T], body: Callable[[T
   except Exception as e:  # noqa: BLE001  (absl and ml_collections raise several kinds)
     if default is None and not given:
       return fail(missing_hint)
-    text = describe_flag_error(e, full)
+    text = _field_under_a_value(args, config) or describe_flag_error(e, full)
     if text.startswith(('config file ', 'cannot load config file ')):
       return fail(text)                  # the file, not the command line
     return fail(_did_you_mean(text, config) + hint)

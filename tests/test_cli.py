@@ -45,7 +45,8 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
       ([f'--config={config}', f'--config.{float_field}=abc', out], f'error: flag --config.{float_field}=abc'),
       # a name close to no field: the flag and the name, not ml_collections' nested KeyError text
       ([f'--config={config}', '--config.qqqq=3', out], "error: --config.qqqq: the config has no field 'qqqq' ("),
-      ([f'--config={config}', f'--config.{float_field}.qqqq=3', out], f"error: --config.{float_field}.qqqq: "),
+      ([f'--config={config}', f'--config.{float_field}.qqqq=3', out],
+       f"error: --config.{float_field}.qqqq: --config.{float_field} is a float, not a block: it has no field 'qqqq'"),
       ([f'--config={config}', f'--config.{float_field}=nan', out], f'error: --config.{float_field}=nan: must be a finite'),
       ([out], 'error: pass --config='),
   ]
@@ -64,6 +65,7 @@ def test_config_mistakes_are_one_line(cli, tmp_path):
     ('convert.syncdreamer', ['--config.ckpt=a', 'b']),      # a stray argument
     ('convert.lpips', ['--unknown']),
     ('hv_jax.matte', ['--config.metod=plain']),           # no such field
+    ('hv_jax.matte', ['--config.method.x=plain']),        # a field under a string
     ('hv_jax.sample', [f'--config={P.ROOT / "configs" / "demo.py"}', '--config.eta=abc']),   # not a number
 ])
 def test_flag_mistakes_of_the_other_clis_are_one_line(module, args, tmp_path):
