@@ -104,6 +104,10 @@ class StudySettings(pipeline.SampleSettings):
       checks.numbers_of(self, field)
     checks.number(self, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')
     checks.number(self, 'data.max_inputs', lo=0, integer=True, hint='0 = all')
+    try:     # the default of inputs without their own (every one of a GSO study has its own): checked anyway
+      preprocess.check_elevation(self.elevation)
+    except preprocess.InputError as e:
+      raise UserError(f'--config.elevation={self.elevation}: {e}') from None
     if str(self.metrics.ssim_border) not in ('crop', 'full'):
       raise UserError(f"--config.metrics.ssim_border={self.metrics.ssim_border!r}: use 'crop' or 'full'")
     if not self.output_dir:

@@ -276,6 +276,9 @@ def _demo_study(tmp_path, **kw):
     ('sweep.cfg', (float('inf'),), '--config.sweep.cfg=inf'),
     ('eta', float('nan'), '--config.eta=nan'),
     ('metrics.size', -1, '--config.metrics.size=-1'),
+    # the default elevation, unused by GSO inputs (each has its own), is checked all the same (it is recorded)
+    ('elevation', float('nan'), '--config.elevation=nan: elevation must be a finite number'),
+    ('elevation', 75.0, '--config.elevation=75.0: elevation must be in [-10, 40] degrees'),
     ('sample_steps', 30, 'nearest: 25 and 40'),
     ('batch_view_num', 5, '--config.batch_view_num=5: must divide the 64 rows'),   # 4 instances per call
     ('metrics.names', 'cd_score,bogus', "unknown metrics ['bogus']"),   # found after the weights are loaded
