@@ -1,4 +1,5 @@
 """NeuS stage: views and rays as the original builds them, batching, resume, the CLI and its bad inputs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -318,7 +319,12 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
                             ('neus.up_sample_steps', 5, 'neus.up_sample_steps=5: must be >= 1 and divide '
                                                         'neus.n_importance=24'),
                             ('neus.lambda_mask_loss', -1.0, 'neus.lambda_mask_loss=-1.0: must be >= 0'),
-                            ('log_every', 0, 'log_every=0: must be >= 1')):
+                            ('log_every', 0, 'log_every=0: must be >= 1'),
+                            # network widths the renderer does not fix: refused before any work, not a crash
+                            # (math domain error, a shape mismatch) after the views are prepared
+                            ('neus.color.d_hidden', -1, 'neus.color.d_hidden=-1: must be >= 1'),
+                            ('neus.color.d_in', 8, r'neus.color.d_in=8: must be 9 \(point, view direction'),
+                            ('neus.sdf.n_layers', 0, 'neus.sdf.n_layers=0: must be >= 1')):
     c = neus_fast_config()
     c.input, c.output_dir = str(d), str(out)
     section, _, name = field.rpartition('.')
@@ -326,6 +332,13 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
     with pytest.raises(pipeline.UserError, match=r'^--config\.' + msg):
       pipeline.run(settings_of(c))
     assert not out.exists()
+  c = neus_fast_config()
+  c.input, c.output_dir = str(d), str(out)
+  s = settings_of(c)
+  narrow = fields.SDFConfig(d_hidden=10, d_out=s.neus.color.d_feature + 1)      # the skip input is 39 wide
+  with pytest.raises(pipeline.UserError, match=r'^--config\.neus\.sdf: SDFConfig: d_hidden=10 leaves no room'):
+    pipeline.run(dataclasses.replace(s, neus=dataclasses.replace(s.neus, sdf=narrow)))
+  assert not out.exists()
 
 
 def test_cli_diverged_training_is_one_line_and_leaves_nothing(tmp_path):

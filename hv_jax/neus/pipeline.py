@@ -157,6 +157,17 @@ def _check_ranges(s: ReconstructSettings) -> None:
   ]
   for name in ('lambda_rgb_loss', 'lambda_mask_loss', 'lambda_eikonal_loss'):
     checks.append((f'neus.{name}', getattr(cfg, name), getattr(cfg, name) >= 0, '>= 0'))
+  # the networks' widths: what the renderer feeds them and reads from them is fixed (fields.color_forward:
+  # points, reflected view direction and normal, 3 each, then the SDF's features; RGB out)
+  sdf, color = cfg.sdf, cfg.color
+  checks += [('neus.color.d_in', color.d_in, color.d_in == 9, '9 (point, view direction and normal, 3 each)'),
+             ('neus.color.d_out', color.d_out, color.d_out == 3, '3 (RGB)'),
+             ('neus.color.d_hidden', color.d_hidden, color.d_hidden >= 1, '>= 1'),
+             ('neus.color.n_layers', color.n_layers, color.n_layers >= 1, '>= 1'),
+             ('neus.color.multires_view', color.multires_view, color.multires_view >= 0, '>= 0'),
+             ('neus.sdf.d_out', sdf.d_out, sdf.d_out >= 2, '>= 2 (the SDF, then the features)'),
+             ('neus.sdf.d_hidden', sdf.d_hidden, sdf.d_hidden >= 1, '>= 1'),
+             ('neus.sdf.n_layers', sdf.n_layers, sdf.n_layers >= 1, '>= 1')]
   if isinstance(cfg.sdf, fields.GridSDFConfig):
     g = cfg.sdf
     checks += [('neus.sdf.bound', g.bound, g.bound > 0, '> 0'), ('neus.sdf.radius', g.radius, g.radius > 0, '> 0'),
@@ -164,10 +175,16 @@ def _check_ranges(s: ReconstructSettings) -> None:
                ('neus.sdf.resolutions', g.resolutions, len(g.resolutions) >= 1 and min(g.resolutions) >= 2,
                 'a non-empty list of sizes >= 2')]
   else:
-    checks.append(('neus.sdf.scale', cfg.sdf.scale, cfg.sdf.scale > 0, '> 0'))
+    checks += [('neus.sdf.scale', cfg.sdf.scale, cfg.sdf.scale > 0, '> 0'),
+               ('neus.sdf.d_in', sdf.d_in, sdf.d_in == 3, '3 (a point)'),
+               ('neus.sdf.multires', sdf.multires, sdf.multires >= 0, '>= 0')]
   for name, value, ok, want in checks:
     if not ok:
       raise ValueError(f'--config.{name}={value!r}: must be {want}')
+  try:
+    sdf.layer_shapes()
+  except ValueError as e:     # an MLP whose skip layer's input is wider than d_hidden
+    raise ValueError(f'--config.neus.sdf: {e}') from None
 
 
 def _prepare_output(out: Path) -> List[Path]:
