@@ -97,6 +97,23 @@ class StudySettings(pipeline.SampleSettings):
   num_processes: int = 0
   process_id: int = -1
 
+  def validate_processes(self) -> None:
+    """The process fields go together: coordinator_address, num_processes and process_id only with
+    distributed=True (processes that think they are alone would each run every unit into the same folder), and
+    given all three or none (none: from the environment, e.g. a TPU pod)."""
+    explicit = [f for f, unset in (('coordinator_address', ''), ('num_processes', 0), ('process_id', -1))
+                if getattr(self, f) != unset]
+    if explicit and not self.distributed:
+      raise UserError(f"--config.{explicit[0]}={getattr(self, explicit[0])!r} without --config.distributed=True: "
+                      'a process that is not told it is one of several runs every unit')
+    if not explicit:
+      return
+    if not self.coordinator_address:
+      raise UserError('--config.num_processes and --config.process_id go with --config.coordinator_address=HOST:PORT '
+                      '(leave all three unset to take them from the environment)')
+    n = checks.number(self, 'num_processes', lo=1, integer=True, hint='the number of processes of the study')
+    checks.number(self, 'process_id', lo=0, hi=int(n) - 1, integer=True, hint=f'this process, of {int(n)}')
+
   def validate(self) -> None:
     """Every study setting, before any work: one UserError line naming the field."""
     self.validate_sampling()
@@ -104,6 +121,7 @@ class StudySettings(pipeline.SampleSettings):
       checks.numbers_of(self, field)
     checks.number(self, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')
     checks.number(self, 'data.max_inputs', lo=0, integer=True, hint='0 = all')
+    self.validate_processes()
     try:     # the default of inputs without their own (every one of a GSO study has its own): checked anyway
       preprocess.check_elevation(self.elevation)
     except preprocess.InputError as e:

@@ -279,12 +279,23 @@ def _demo_study(tmp_path, **kw):
     # the default elevation, unused by GSO inputs (each has its own), is checked all the same (it is recorded)
     ('elevation', float('nan'), '--config.elevation=nan: elevation must be a finite number'),
     ('elevation', 75.0, '--config.elevation=75.0: elevation must be in [-10, 40] degrees'),
+    # the process fields: only with distributed=True (else each process would run every unit), all or none
+    ('num_processes', 2, '--config.num_processes=2 without --config.distributed=True'),
+    ('distributed+coordinator_address', 'localhost:1234', '--config.num_processes=0: must be >= 1'),
+    ('distributed+coordinator_address+num_processes+process_id', ('localhost:1234', 2, 2),
+     '--config.process_id=2: must be in [0, 1]'),
+    ('distributed+process_id', 1, '--config.num_processes and --config.process_id go with --config.coordinator_address'),
     ('sample_steps', 30, 'nearest: 25 and 40'),
     ('batch_view_num', 5, '--config.batch_view_num=5: must divide the 64 rows'),   # 4 instances per call
     ('metrics.names', 'cd_score,bogus', "unknown metrics ['bogus']"),   # found after the weights are loaded
 ])
 def test_bad_study_settings_are_one_line_and_leave_no_folder(tmp_path, field, value, needle):
-  c = _demo_study(tmp_path, **{field: value})
+  if '+' in field:       # several fields: 'distributed' set True, then the others take `value`('s items)
+    names = field.split('+')[1:]
+    values = value if isinstance(value, tuple) and len(names) > 1 else (value,)
+    c = _demo_study(tmp_path, distributed=True, **dict(zip(names, values)))
+  else:
+    c = _demo_study(tmp_path, **{field: value})
   with pytest.raises(diversity.UserError) as e:
     diversity.run(c)
   assert needle in str(e.value) and '\n' not in str(e.value), str(e.value)
