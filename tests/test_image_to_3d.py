@@ -20,6 +20,7 @@ from hv_jax.errors import UserError
 from hv_jax.pipeline import image_to_3d, stages
 
 PHOTO = P.ROOT / 'hv_jax' / 'assets' / 'demo' / 'bell_photo.jpg'
+GSO_MESH = P.ROOT / 'tests' / 'fixtures' / 'gso' / 'cream' / 'model.obj'     # a real GT mesh
 
 
 # the test's shortening of configs/image_to_3d_demo.py, as flags (the kill -9 test's subprocess) and as settings
@@ -135,11 +136,18 @@ def test_a_killed_stage_leaves_no_record_and_runs_again(tmp_path):
     ({'elevation': '75'}, 'elevation'),
     ({'select': 5}, '--config.select=5'),
     ({'crop_size': 0}, '--config.crop_size=0'),
+    # a GT mesh is checked before sampling: NeuS's input (a round's views.png) names no object
+    ({'neus.gt_mesh': str(GSO_MESH)}, '--config.neus.gt_mesh needs --config.neus.gt_name=OBJECT'),
+    ({'neus.gt_mesh': str(GSO_MESH), 'neus.gt_name': 'zzz'}, "neus.gt_name: unknown object 'zzz'"),
+    ({'neus.gt_mesh': '/nonexistent/mesh.obj', 'neus.gt_name': 'cream'}, 'neus.gt_mesh /nonexistent/mesh.obj: no such'),
+    ({'neus.gt_rotation': 3.0}, '--config.neus.gt_rotation is the GT mesh rotation: it needs --config.neus.gt_mesh'),
 ])
 def test_bad_settings_are_one_line(tmp_path, change, message):
   s = _config(tmp_path / 'out', input=str(PHOTO))
+  neus = {k.split('.', 1)[1]: v for k, v in change.items() if k.startswith('neus.')}
+  top = {k: v for k, v in change.items() if not k.startswith('neus.')}
   with pytest.raises(UserError, match=message.replace('(', r'\(')):
-    image_to_3d.run(dataclasses.replace(s, **change))
+    image_to_3d.run(dataclasses.replace(s, neus=dataclasses.replace(s.neus, **neus), **top))
   assert not (tmp_path / 'out').exists()
 
 

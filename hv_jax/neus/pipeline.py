@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 
@@ -232,6 +232,35 @@ def mask_identity(views, s: 'ReconstructSettings') -> dict:
   return {'masks': masks}
 
 
+def check_gt(s: ReconstructSettings, prefix: str = '') -> Tuple[str, Optional[str], Optional[float]]:
+  """(gt_mesh, its object name, its rotation in degrees) of the settings, checked before any work: the mesh
+  is read, the object's rotation known (or given); ('', None, None) without a GT mesh. `prefix` is where the
+  settings sit in a bigger config ('neus.' in hv_jax.image_to_3d), for the messages."""
+  gt_mesh = str(s.gt_mesh or '')
+  gt_name, rotation = None, None
+  gt_rotation = s.gt_rotation
+  if gt_rotation is not None and not gt_mesh:
+    raise UserError(f'--config.{prefix}gt_rotation is the GT mesh rotation: it needs --config.{prefix}gt_mesh')
+  if gt_mesh:
+    if not os.path.isfile(gt_mesh):
+      raise UserError(f'{prefix}gt_mesh {gt_mesh}: no such file')
+    gt_name = str(s.gt_name or default_gt_name(s.input))
+    if gt_rotation is None:
+      try:
+        rotation = geometry.gt_rotation_angle(
+            gt_name, hint=f'set --config.{prefix}gt_name=OBJECT, or --config.{prefix}gt_rotation=0 if the GT mesh '
+                          'needs no rotation')
+      except geometry.UnknownObjectError as e:
+        raise UserError(f'{prefix}gt_name: {e}') from None
+    else:
+      rotation = float(gt_rotation)
+    try:
+      geometry.load_mesh(gt_mesh)
+    except geometry.MeshError as e:
+      raise UserError(f'{prefix}gt_mesh {e}') from None
+  return gt_mesh, gt_name, rotation
+
+
 def default_gt_name(input_path) -> str:
   """The object name of an input: a folder's name, or the name of the folder holding a strip."""
   p = Path(input_path).absolute()
@@ -289,27 +318,7 @@ def run(s: ReconstructSettings, on_log: Optional[Callable[[dict], None]] = None)
     views = neus_data.load_views(s.input, matting=str(s.matting), model=str(s.matting_model))
   except neus_data.ViewsError as e:
     raise UserError(str(e)) from None
-  gt_mesh = str(s.gt_mesh or '')
-  gt_name, rotation = None, None
-  gt_rotation = s.gt_rotation
-  if gt_rotation is not None and not gt_mesh:
-    raise UserError('--config.gt_rotation is the GT mesh rotation: it needs --config.gt_mesh')
-  if gt_mesh:
-    if not os.path.isfile(gt_mesh):
-      raise UserError(f'gt_mesh {gt_mesh}: no such file')
-    gt_name = str(s.gt_name or default_gt_name(s.input))
-    if gt_rotation is None:
-      try:
-        rotation = geometry.gt_rotation_angle(
-            gt_name, hint='set --config.gt_name=OBJECT, or --config.gt_rotation=0 if the GT mesh needs no rotation')
-      except geometry.UnknownObjectError as e:
-        raise UserError(f'gt_name: {e}') from None
-    else:
-      rotation = float(gt_rotation)
-    try:
-      geometry.load_mesh(gt_mesh)
-    except geometry.MeshError as e:
-      raise UserError(f'gt_mesh {e}') from None
+  gt_mesh, gt_name, rotation = check_gt(s)
 
   inputs = input_hashes(s.input)
   identity = _json_roundtrip({

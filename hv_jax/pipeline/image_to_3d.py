@@ -120,6 +120,12 @@ class ImageTo3DSettings:
     matting.resolve(self.matting, None, self.matting_model)
     self.round_settings(float(self.elevation_prior), Path('x')).validate()
     self.neus_settings(Path('x')).validate()
+    # a GT mesh (metrics.json's Chamfer / IoU) is read now, not after sampling; NeuS's input here is a round's
+    # views.png, whose folder names no object, so the object's name (for its rotation) must be given
+    if self.neus.gt_mesh and not self.neus.gt_name and self.neus.gt_rotation is None:
+      raise UserError('--config.neus.gt_mesh needs --config.neus.gt_name=OBJECT (the GSO object, for its rotation) '
+                      'or --config.neus.gt_rotation=DEGREES')
+    neus_pipeline.check_gt(self.neus_settings(Path('x')), prefix='neus.')
 
   def elevation_deg(self) -> float:
     try:
