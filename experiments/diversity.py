@@ -86,6 +86,16 @@ class MetricSettings(evaluate.MetricWeights):
   small_random_clip: bool = False   # with random_weights: a small CLIP instead of ViT-L/14's shape
 
 
+# The sampler's settings that a study takes from its own blocks instead (left at their defaults)
+UNUSED_SAMPLE_FIELDS = {
+    'input': 'its inputs come from --config.data (source, path)',
+    'guidance': 'its guidance modes come from the sweep (--config.sweep.s1/s2 HarmonyView, sweep.cfg, sweep.none)',
+    's1': 'the HarmonyView scales come from --config.sweep.s1',
+    's2': 'the HarmonyView scales come from --config.sweep.s2',
+    'cfg_scale': 'the CFG scales come from --config.sweep.cfg',
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class StudySettings(pipeline.SampleSettings):
   """Every setting of a study: the sampler's (SampleSettings: model, seed, steps, ...; `input` unused, the
@@ -117,6 +127,10 @@ class StudySettings(pipeline.SampleSettings):
   def validate(self) -> None:
     """Every study setting, before any work: one UserError line naming the field."""
     self.validate_sampling()
+    default = pipeline.SampleSettings()
+    for field, instead in UNUSED_SAMPLE_FIELDS.items():      # a sampler setting a study would silently ignore
+      if getattr(self, field) != getattr(default, field):
+        raise UserError(f'--config.{field}={getattr(self, field)!r} is not used by a study: {instead}')
     for field in ('sweep.s1', 'sweep.s2', 'sweep.cfg'):
       checks.numbers_of(self, field)
     checks.number(self, 'metrics.size', lo=0, integer=True, hint='0 = the model\'s image size')

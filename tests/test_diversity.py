@@ -279,6 +279,11 @@ def _demo_study(tmp_path, **kw):
     # the default elevation, unused by GSO inputs (each has its own), is checked all the same (it is recorded)
     ('elevation', float('nan'), '--config.elevation=nan: elevation must be a finite number'),
     ('elevation', 75.0, '--config.elevation=75.0: elevation must be in [-10, 40] degrees'),
+    # the sampler's settings a study takes from its sweep and data blocks: refused, not ignored
+    ('s1', 3.0, '--config.s1=3.0 is not used by a study: the HarmonyView scales come from --config.sweep.s1'),
+    ('cfg_scale', 4.0, '--config.cfg_scale=4.0 is not used by a study'),
+    ('guidance', 'cfg', "--config.guidance='cfg' is not used by a study"),
+    ('input', 'photo.png', "--config.input='photo.png' is not used by a study: its inputs come from --config.data"),
     # the process fields: only with distributed=True (else each process would run every unit), all or none
     ('num_processes', 2, '--config.num_processes=2 without --config.distributed=True'),
     ('distributed+coordinator_address', 'localhost:1234', '--config.num_processes=0: must be >= 1'),

@@ -279,6 +279,7 @@ def test_cli_gt_mesh_and_its_rotation_are_checked_before_training(tmp_path):
        "error: gt_name: unknown object 'Cream': did you mean 'cream'? set --config.gt_name=OBJECT, or "
        '--config.gt_rotation=0 if the GT mesh needs no rotation'),
       ([f'--config.gt_mesh={gt}', '--config.gt_rotation=nan'], 'error: --config.gt_rotation=nan: must be a finite number'),
+      (['--config.gt_name=cream'], "error: --config.gt_name names the GT mesh's object: it needs --config.gt_mesh"),
   ]
   for k, (extra, msg) in enumerate(cases):    # the first through `python -m`, the others through main() in process
     r = (run_cli if k == 0 else run_main)(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', *extra)

@@ -18,6 +18,7 @@ def get_config():
   c = config_dict(StudySettings)
   c.update(cli.load_config(os.path.join(_ROOT, 'configs', 'demo.py')))   # the demo's tiny random model, 2
   c.data.path = os.path.join(_ROOT, 'tests', 'fixtures', 'gso')          # instances, 10 steps, seed 0
+  c.input = ''                    # (the demo's image: a study's inputs are data.path's)
   c.output_dir = 'results/demo_sweep'
   c.sweep.s1 = (0.0, 2.0)
   c.sweep.s2 = (0.0, 1.0)

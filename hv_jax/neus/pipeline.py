@@ -241,6 +241,8 @@ def check_gt(s: ReconstructSettings, prefix: str = '') -> Tuple[str, Optional[st
   gt_rotation = s.gt_rotation
   if gt_rotation is not None and not gt_mesh:
     raise UserError(f'--config.{prefix}gt_rotation is the GT mesh rotation: it needs --config.{prefix}gt_mesh')
+  if s.gt_name and not gt_mesh:
+    raise UserError(f"--config.{prefix}gt_name names the GT mesh's object: it needs --config.{prefix}gt_mesh")
   if gt_mesh:
     if not os.path.isfile(gt_mesh):
       raise UserError(f'{prefix}gt_mesh {gt_mesh}: no such file')
