@@ -23,7 +23,7 @@ from absl import logging
 from PIL import Image
 
 from hv_jax import cli, optional
-from hv_jax.errors import UserError
+from hv_jax.errors import UserError, in_block
 from hv_jax.pipeline import image_to_3d
 from hv_jax.pipeline.image_to_3d import ImageTo3DSettings
 from hv_jax.pipeline.service import Cancelled, Choices, Job, Run, Service
@@ -67,7 +67,13 @@ class AppSettings:
       raise UserError(f'--config.queue_size={self.queue_size}: must be >= 1')
     if not self.output_dir:
       raise UserError('no output folder: set --config.output_dir=DIR')
-    dataclasses.replace(self.request_base(), input='-').validate()   # every request setting but the image
+    block = 'demo' if self.checkpoint == 'random' else 'image_to_3d'
+    # every request setting but the image, named as the app's flags (--config.demo.sample.s1); the other block,
+    # unused with these weights, is checked too (a mistake there is one all the same)
+    base = dataclasses.replace(self.request_base(), input='-')      # (its own messages name the app's flags)
+    in_block(f'{block}.', base.validate)
+    other = 'image_to_3d' if block == 'demo' else 'demo'
+    in_block(f'{other}.', lambda: dataclasses.replace(getattr(self, other), input='-').validate())
 
 
 # ----------------------------------------------------------------------------------------------- requests

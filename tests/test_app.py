@@ -46,7 +46,10 @@ def test_app_settings_from_the_config_and_flag_mistakes_are_one_line(capsys):
   cases = [(['--config.prot=1'], "--config.prot: the config has no field 'prot'; did you mean --config.port?"),
            (['--config.port=0'], '--config.port=0: must be in [1, 65535]'),
            (['--config.demo.checkpoint=x'], '--config.demo.checkpoint is set by the app: use --config.checkpoint'),
-           (['--config.demo.neus.mesh_resolution=1'], 'mesh_resolution')]
+           (['--config.demo.neus.mesh_resolution=1'], '--config.demo.neus.mesh_resolution=1: must be >= 2'),
+           (['--config.demo.sample.s1=nan'], '--config.demo.sample.s1=nan: must be a finite number'),
+           # the block of the other weights, unused with checkpoint='random', is checked all the same
+           (['--config.image_to_3d.neus.train.base_lr=0'], '--config.image_to_3d.neus.train.base_lr=0.0: must be > 0')]
   for flags, message in cases:
     assert app.main([f'--config={P.ROOT}/configs/app.py', *flags, '--config.warm_up=False']) == 2
     err = capsys.readouterr().err

@@ -141,13 +141,18 @@ def test_a_killed_stage_leaves_no_record_and_runs_again(tmp_path):
     ({'neus.gt_mesh': str(GSO_MESH), 'neus.gt_name': 'zzz'}, "neus.gt_name: unknown object 'zzz'"),
     ({'neus.gt_mesh': '/nonexistent/mesh.obj', 'neus.gt_name': 'cream'}, 'neus.gt_mesh /nonexistent/mesh.obj: no such'),
     ({'neus.gt_rotation': 3.0}, '--config.neus.gt_rotation is the GT mesh rotation: it needs --config.neus.gt_mesh'),
+    # the blocks' own checks name the flag as this command takes it
+    ({'neus.mesh_resolution': 1}, '^--config.neus.mesh_resolution=1: must be >= 2'),
+    ({'sample.s1': float('nan')}, '^--config.sample.s1=nan: must be a finite number'),
 ])
 def test_bad_settings_are_one_line(tmp_path, change, message):
   s = _config(tmp_path / 'out', input=str(PHOTO))
-  neus = {k.split('.', 1)[1]: v for k, v in change.items() if k.startswith('neus.')}
-  top = {k: v for k, v in change.items() if not k.startswith('neus.')}
+  block = lambda b: {k.split('.', 1)[1]: v for k, v in change.items() if k.startswith(b + '.')}
+  top = {k: v for k, v in change.items() if '.' not in k}
+  s = dataclasses.replace(s, neus=dataclasses.replace(s.neus, **block('neus')),
+                          sample=dataclasses.replace(s.sample, **block('sample')), **top)
   with pytest.raises(UserError, match=message.replace('(', r'\(')):
-    image_to_3d.run(dataclasses.replace(s, neus=dataclasses.replace(s.neus, **neus), **top))
+    image_to_3d.run(s)
   assert not (tmp_path / 'out').exists()
 
 

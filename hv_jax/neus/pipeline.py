@@ -97,8 +97,9 @@ class ReconstructSettings:
                          f'{cfg.sdf.d_out - 1}')
       if tc.use_warm_up and tc.total_steps // tc.decay_interval == 0:
         raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
-      if self.batch_num <= 0 or self.fg_num < 0 or int(self.mesh_resolution) < 2:
-        raise ValueError('batch_num must be > 0, fg_num >= 0, mesh_resolution >= 2')
+      for name, lo in (('batch_num', 1), ('fg_num', 0), ('mesh_resolution', 2)):
+        if int(getattr(self, name)) < lo:
+          raise ValueError(f'--config.{name}={getattr(self, name)}: must be >= {lo}')
       if not 8 <= int(self.texture_size) <= 8192:
         raise ValueError(f'--config.texture_size={self.texture_size}: must be in [8, 8192]')
       if str(self.mesh_floor) not in neus_mesh.FLOORS:

@@ -35,7 +35,7 @@ from hv_jax import settings as settings_lib
 from hv_jax.data import matting
 from hv_jax.data import preprocess
 from hv_jax.data.views import NUM_VIEWS, join_strip, split_strip
-from hv_jax.errors import UserError
+from hv_jax.errors import UserError, in_block
 from hv_jax.export import preview, write
 from hv_jax.metrics import geometry
 from hv_jax.models.cameras import default_cameras
@@ -118,8 +118,8 @@ class ImageTo3DSettings:
     if int(self.texture_size) < 64 or int(self.preview_frames) < 1:
       raise UserError('--config.texture_size must be >= 64 and --config.preview_frames >= 1')
     matting.resolve(self.matting, None, self.matting_model)
-    self.round_settings(float(self.elevation_prior), Path('x')).validate()
-    self.neus_settings(Path('x')).validate()
+    in_block('sample.', self.round_settings(float(self.elevation_prior), Path('x')).validate)
+    in_block('neus.', self.neus_settings(Path('x')).validate)
     # a GT mesh (metrics.json's Chamfer / IoU) is read now, not after sampling; NeuS's input here is a round's
     # views.png, whose folder names no object, so the object's name (for its rotation) must be given
     if self.neus.gt_mesh and not self.neus.gt_name and self.neus.gt_rotation is None:
