@@ -241,7 +241,7 @@ def test_cli_bad_inputs_write_nothing(tmp_path):
       ([f'--config.input={d}'], 'missing view'),
       ([f'--config.input={tmp_path / "nope.png"}'], 'no such file'),
       (['--config.input='], 'no input'),
-      ([f'--config.input={d}', '--config.mesh_floor=flat'], 'mesh_floor'),
+      ([f'--config.input={d}', '--config.mesh_floor=flat'], "--config.mesh_floor='flat': expected one of"),
   ]
   Image.new('RGBA', (4096, 256), (255, 255, 255, 0)).save(tmp_path / 'empty.png')
   cases.append(([f'--config.input={tmp_path / "empty.png"}'], 'mask is empty'))

@@ -103,7 +103,7 @@ class ReconstructSettings:
       if not 8 <= int(self.texture_size) <= 8192:
         raise ValueError(f'--config.texture_size={self.texture_size}: must be in [8, 8192]')
       if str(self.mesh_floor) not in neus_mesh.FLOORS:
-        raise ValueError(f'mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
+        raise ValueError(f'--config.mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
       if str(self.matting) not in neus_data.MATTING:
         raise ValueError(f'--config.matting={self.matting}: expected one of {", ".join(neus_data.MATTING)}')
       _check_ranges(self)
