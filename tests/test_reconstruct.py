@@ -325,7 +325,9 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
                             # (math domain error, a shape mismatch) after the views are prepared
                             ('neus.color.d_hidden', -1, 'neus.color.d_hidden=-1: must be >= 1'),
                             ('neus.color.d_in', 8, r'neus.color.d_in=8: must be 9 \(point, view direction'),
-                            ('neus.sdf.n_layers', 0, 'neus.sdf.n_layers=0: must be >= 1')):
+                            ('neus.sdf.n_layers', 0, 'neus.sdf.n_layers=0: must be >= 1'),
+                            ('neus.color.d_feature', 7, r'neus.color.d_feature=7: must be --config.neus.sdf.d_out - 1'),
+                            ('train.total_steps', 10, r'train.total_steps=10: must be >= --config.train.decay_interval')):
     c = neus_fast_config()
     c.input, c.output_dir = str(d), str(out)
     section, _, name = field.rpartition('.')

@@ -93,10 +93,12 @@ class ReconstructSettings:
           raise ValueError(f'--config.{name}={v!r}: must be an integer')
       cfg, tc = self.neus, self.train
       if cfg.color.d_feature != cfg.sdf.d_out - 1:
-        raise ValueError(f'neus.color.d_feature={cfg.color.d_feature} must be neus.sdf.d_out - 1 = '
+        raise ValueError(f'--config.neus.color.d_feature={cfg.color.d_feature}: must be --config.neus.sdf.d_out - 1 = '
                          f'{cfg.sdf.d_out - 1}')
       if tc.use_warm_up and tc.total_steps // tc.decay_interval == 0:
-        raise ValueError(f'train.total_steps={tc.total_steps} < train.decay_interval={tc.decay_interval}')
+        raise ValueError(f'--config.train.total_steps={tc.total_steps}: must be >= --config.train.decay_interval='
+                         f'{tc.decay_interval} (the schedule decays every decay_interval steps; or '
+                         '--config.train.use_warm_up=False)')
       for name, lo in (('batch_num', 1), ('fg_num', 0), ('mesh_resolution', 2)):
         if int(getattr(self, name)) < lo:
           raise ValueError(f'--config.{name}={getattr(self, name)}: must be >= {lo}')
