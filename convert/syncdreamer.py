@@ -162,6 +162,8 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
   """
   if caller not in CALLERS:
     raise ValueError(f'caller must be one of {CALLERS}, got {caller!r}')
+  if clip is not None and not os.path.isfile(clip):     # before the (long) main checkpoint is read
+    raise ConversionError(f'CLIP checkpoint not found: {clip}')
   sd = load_state_dict(ckpt)
   if not any(k.startswith('model.diffusion_model.') for k in sd):
     raise ConversionError(f'{ckpt} is not a SyncDreamer checkpoint: no model.diffusion_model.* keys '
@@ -169,20 +171,22 @@ def convert(ckpt: str, config, clip: Optional[str] = None, progress: bool = True
   targets = target_shapes(config)
   report = Report()
   bar = _progress(len(sd) + (0 if clip is None else 1), progress)
-  flat = convert_tensors(sd.items(), targets, report, progress=bar, release=True)
-  check_buffers(sd, report)
-  shapes = {k: tuple(v.shape) for k, v in sd.items()}
-  has_clip = any(k.startswith(CLIP_PREFIX) for k in sd)
-  if clip is not None:
-    if has_clip:
-      report.checks.append(f'CLIP tower taken from {clip} (overrides the copy inside the checkpoint)')
-      flat = {p: v for p, v in flat.items() if p[0] != 'clip'}
-    csd = load_state_dict(clip, what='CLIP checkpoint')
-    flat.update(convert_tensors(csd.items(), targets, report, prefixes=names.CLIP_FILE_PREFIXES))
-    del csd
-  del sd
-  if bar is not None:
-    bar.close()
+  try:        # the bar is closed before any error line is printed
+    flat = convert_tensors(sd.items(), targets, report, progress=bar, release=True)
+    check_buffers(sd, report)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    has_clip = any(k.startswith(CLIP_PREFIX) for k in sd)
+    if clip is not None:
+      if has_clip:
+        report.checks.append(f'CLIP tower taken from {clip} (overrides the copy inside the checkpoint)')
+        flat = {p: v for p, v in flat.items() if p[0] != 'clip'}
+      csd = load_state_dict(clip, what='CLIP checkpoint')
+      flat.update(convert_tensors(csd.items(), targets, report, prefixes=names.CLIP_FILE_PREFIXES))
+      del csd
+    del sd
+  finally:
+    if bar is not None:
+      bar.close()
   misshaped = {m[1] for m in report.misshaped}
   report.missing = ['/'.join(p) for p in targets if p not in flat and '/'.join(p) not in misshaped]
   # A config mismatch mis-shapes the CLIP keys too: say so before concluding that the tower is absent.

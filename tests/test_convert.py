@@ -163,6 +163,21 @@ def test_missing_checkpoint(tmp_path):
 
 
 @needs_fixtures
+def test_a_bad_clip_file_is_the_last_line_and_a_missing_one_is_found_first(tmp_path):
+  """--config.clip missing: one line, before the main checkpoint is read (no progress bar). Unreadable: the
+  progress bar is closed before the error line, which is the last line (not glued to the bar)."""
+  out = str(tmp_path / 'out')
+  model = f'--config.model={P.PARITY_DIR / "config.json"}'
+  rc, _, err = _main(f'--config.ckpt={P.CKPT}', model, f'--config.out={out}', f'--config.clip={tmp_path / "no.pt"}')
+  assert rc == 2 and err == f'error: CLIP checkpoint not found: {tmp_path / "no.pt"}\n', err
+  (tmp_path / 'bad.pt').write_text('not a checkpoint')
+  rc, _, err = _main(f'--config.ckpt={P.CKPT}', model, f'--config.out={out}', f'--config.clip={tmp_path / "bad.pt"}')
+  assert rc == 2 and err.rstrip().split('\n')[-1].startswith(f'error: CLIP checkpoint {tmp_path / "bad.pt"} is not a '
+                                                              'readable PyTorch checkpoint'), err
+  assert not os.path.exists(out)
+
+
+@needs_fixtures
 def test_truncated_checkpoint(tmp_path):
   bad = tmp_path / 'truncated.ckpt'
   bad.write_bytes(P.CKPT.read_bytes()[: 1 << 20])
