@@ -457,45 +457,47 @@ def run(config: StudySettings) -> dict:
             'process': jax.process_index(), 'finished': time.time()}
 
   bar = tqdm(total=len(todo), desc='units', unit='unit', disable=not config.progress, file=sys.stderr)
-  # Killed after the strip was written but before its row: metrics only, no re-sampling.
-  orphan_keys = set()
-  for u in todo:
-    path = store.strip_path(u.input.name, u.setting.name, u.instance)
-    if not path.is_file():
-      continue
-    try:
-      views = views_lib.read_strip(path, size)
-    except views_lib.StripError as e:   # not a strip this study wrote (strips are written atomically)
-      logging.warning('%s is unusable (%s): sampling that unit again', path, str(e).splitlines()[0])
-      continue
-    store.put([finish(u, views, 0.0)])
-    orphan_keys.add(u.key)
-    counts['metrics_only'] += 1
-    bar.update(1)
-  todo = [u for u in todo if u.key not in orphan_keys]
+  try:     # the bar is closed before any error line
+    # Killed after the strip was written but before its row: metrics only, no re-sampling.
+    orphan_keys = set()
+    for u in todo:
+      path = store.strip_path(u.input.name, u.setting.name, u.instance)
+      if not path.is_file():
+        continue
+      try:
+        views = views_lib.read_strip(path, size)
+      except views_lib.StripError as e:   # not a strip this study wrote (strips are written atomically)
+        logging.warning('%s is unusable (%s): sampling that unit again', path, str(e).splitlines()[0])
+        continue
+      store.put([finish(u, views, 0.0)])
+      orphan_keys.add(u.key)
+      counts['metrics_only'] += 1
+      bar.update(1)
+    todo = [u for u in todo if u.key not in orphan_keys]
 
-  params = jax.device_put(params, parallel.replicated(mesh))
-  seed, eta = int(config.seed), jnp.float32(config.eta)
-  arrays_of = lambda chunk: batch_arrays(seed, [(u.input.image, u.input.elevation, u.input.input_id, u.instance,
-                                                 u.setting.scales) for u in chunk])
-  for mode in modes.MODES:   # one compiled sampler per mode (its branches): units of a mode share batches
-    group = [u for u in todo if u.setting.mode == mode]
-    if not group:
-      continue
-    fn = pipeline.compiled_sampler(model_config, config.sampler_config(mode), tuple(mesh.devices.flat),
-                                  False)   # per-unit progress here; no host callback: cacheable
-    sample = lambda *arrays, fn=fn: fn(params, *arrays, eta)
-    for chunk, views, seconds in parallel.run_batches(sample, group, batch, arrays_of, mesh):
-      views = views_lib.to_uint8(views)
-      per_unit = seconds / len(chunk)
-      rows = []
-      for u, v in zip(chunk, views):
-        store.write_strip(u.input.name, u.setting.name, u.instance, views_lib.join_strip(v))   # before its row
-        rows.append(finish(u, v, per_unit))
-      store.put(rows)   # one transaction per batch
-      counts['sampled'] += len(rows)
-      bar.update(len(rows))
-  bar.close()
+    params = jax.device_put(params, parallel.replicated(mesh))
+    seed, eta = int(config.seed), jnp.float32(config.eta)
+    arrays_of = lambda chunk: batch_arrays(seed, [(u.input.image, u.input.elevation, u.input.input_id, u.instance,
+                                                   u.setting.scales) for u in chunk])
+    for mode in modes.MODES:   # one compiled sampler per mode (its branches): units of a mode share batches
+      group = [u for u in todo if u.setting.mode == mode]
+      if not group:
+        continue
+      fn = pipeline.compiled_sampler(model_config, config.sampler_config(mode), tuple(mesh.devices.flat),
+                                    False)   # per-unit progress here; no host callback: cacheable
+      sample = lambda *arrays, fn=fn: fn(params, *arrays, eta)
+      for chunk, views, seconds in parallel.run_batches(sample, group, batch, arrays_of, mesh):
+        views = views_lib.to_uint8(views)
+        per_unit = seconds / len(chunk)
+        rows = []
+        for u, v in zip(chunk, views):
+          store.write_strip(u.input.name, u.setting.name, u.instance, views_lib.join_strip(v))   # before its row
+          rows.append(finish(u, v, per_unit))
+        store.put(rows)   # one transaction per batch
+        counts['sampled'] += len(rows)
+        bar.update(len(rows))
+  finally:
+    bar.close()
   store.close()
   return counts
 

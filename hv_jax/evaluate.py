@@ -661,15 +661,15 @@ def run(s: EvaluateSettings) -> dict:
   for n, why in recompute:
     _log(f'recomputing {n}: {why}')
   records, evaluated = [], 0
-  bar = tqdm(plan, desc='objects', unit='obj', disable=not s.progress)
-  for n, inputs, settings, rec in bar:
-    if rec is None:
-      bar.set_postfix_str(n)
-      rec = evaluate_object(n, s, metric_backends, compiles=not evaluated)
-      rec['inputs'], rec['settings'] = inputs, settings
-      evaluated += 1
-      _write(atomic.write_json, os.path.join(s.out, 'objects', f'{n}.json'), encode_nonfinite(rec))
-    records.append(rec)
+  with tqdm(plan, desc='objects', unit='obj', disable=not s.progress) as bar:   # closed before any error line
+    for n, inputs, settings, rec in bar:
+      if rec is None:
+        bar.set_postfix_str(n)
+        rec = evaluate_object(n, s, metric_backends, compiles=not evaluated)
+        rec['inputs'], rec['settings'] = inputs, settings
+        evaluated += 1
+        _write(atomic.write_json, os.path.join(s.out, 'objects', f'{n}.json'), encode_nonfinite(rec))
+      records.append(rec)
   summary = summarize(records)
   _write(write_outputs, s.out, records, summary)
   return summary

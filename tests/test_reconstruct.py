@@ -350,10 +350,14 @@ def test_cli_diverged_training_is_one_line_and_leaves_nothing(tmp_path):
   d = disc_views(tmp_path)
   out = tmp_path / 'new' / 'out'
   r = run_cli(*TINY_FLAGS, f'--config.input={d}', f'--config.output_dir={out}', '--config.train.base_lr=1e30',
-              '--config.save_every=2')
+              '--config.save_every=2', '--config.progress=True')
   assert r.returncode == 2, r.stderr
-  assert r.stderr.strip() == ('error: training diverged by step 4 (loss nan): lower --config.train.base_lr '
-                              "(this run's checkpoints were removed)"), r.stderr
+  # with the progress bar on: the bar is closed first, the error is the last line, whole, and nothing else is
+  # printed but the bar's refreshes
+  lines = r.stderr.rstrip().split('\n')
+  assert lines[-1] == ('error: training diverged by step 4 (loss nan): lower --config.train.base_lr '
+                       "(this run's checkpoints were removed)"), r.stderr
+  assert all(part.startswith('neus:') for line in lines[:-1] for part in line.split('\r') if part.strip()), r.stderr
   assert not (tmp_path / 'new').exists()
 
 

@@ -41,14 +41,13 @@ def sdf_grid(params: Params, cfg: NeuSConfig, resolution: int = 512, bound: floa
   yz = np.stack(np.meshgrid(axis, axis, indexing='ij'), -1).reshape(-1, 2)
   slab = max(1, min(slab, resolution))
   starts = range(0, resolution, slab)
-  if progress:
-    starts = tqdm(starts, desc='sdf grid', unit='slab', leave=False)
-  for s in starts:
-    xs = axis[s:s + slab]
-    xs_pad = np.pad(xs, (0, slab - len(xs)), mode='edge')
-    pts = np.concatenate([np.repeat(xs_pad, len(yz))[:, None], np.tile(yz, (slab, 1))], 1)
-    vals = np.asarray(f(params, jnp.asarray(pts))).reshape(slab, resolution, resolution)
-    out[s:s + len(xs)] = vals[:len(xs)]
+  with tqdm(starts, desc='sdf grid', unit='slab', leave=False, disable=not progress) as bar:
+    for s in bar:
+      xs = axis[s:s + slab]
+      xs_pad = np.pad(xs, (0, slab - len(xs)), mode='edge')
+      pts = np.concatenate([np.repeat(xs_pad, len(yz))[:, None], np.tile(yz, (slab, 1))], 1)
+      vals = np.asarray(f(params, jnp.asarray(pts))).reshape(slab, resolution, resolution)
+      out[s:s + len(xs)] = vals[:len(xs)]
   return out
 
 

@@ -275,23 +275,25 @@ def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
   bar = None
   if progress:
     bar = tqdm(total=tc.total_steps, initial=start, desc='neus', unit='step', dynamic_ncols=True)
-  t0 = time.time()
-  for step in steps:
-    index = neus_data.batch_indices(step, lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
-    key = jax.random.fold_in(seed_key, step)
-    state, metrics = train_step_indexed(state, table, jnp.asarray(index, jnp.int32), key, cfg, tc)
-    done = step + 1
-    if done % lc.log_every == 0 or done == tc.total_steps:
-      row = {'step': done, 'seconds': time.time() - t0, **{k: float(v) for k, v in metrics.items()}}
-      history.append(row)
+  try:     # the bar is closed before an error (a diverged loss, Ctrl-C) is reported
+    t0 = time.time()
+    for step in steps:
+      index = neus_data.batch_indices(step, lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
+      key = jax.random.fold_in(seed_key, step)
+      state, metrics = train_step_indexed(state, table, jnp.asarray(index, jnp.int32), key, cfg, tc)
+      done = step + 1
+      if done % lc.log_every == 0 or done == tc.total_steps:
+        row = {'step': done, 'seconds': time.time() - t0, **{k: float(v) for k, v in metrics.items()}}
+        history.append(row)
+        if bar is not None:
+          bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'rendering', 'eikonal', 'mask') if k in row})
+        if on_log is not None:
+          on_log(row)
       if bar is not None:
-        bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'rendering', 'eikonal', 'mask') if k in row})
-      if on_log is not None:
-        on_log(row)
+        bar.update(1)
+      if manager is not None and (done % lc.save_every == 0 or done == tc.total_steps):
+        manager.save(done, args=ocp.args.StandardSave(state), force=True)
+  finally:
     if bar is not None:
-      bar.update(1)
-    if manager is not None and (done % lc.save_every == 0 or done == tc.total_steps):
-      manager.save(done, args=ocp.args.StandardSave(state), force=True)
-  if bar is not None:
-    bar.close()
+      bar.close()
   return state.params, history
