@@ -321,6 +321,7 @@ def test_non_finite_or_out_of_range_settings_are_refused(tmp_path):
                                                         'neus.n_importance=24'),
                             ('neus.lambda_mask_loss', -1.0, 'neus.lambda_mask_loss=-1.0: must be >= 0'),
                             ('log_every', 0, 'log_every=0: must be >= 1'),
+                            ('seed', -1, r'seed=-1: must be in \[0, 2\^32 - 1\]'),      # was a numpy traceback
                             # network widths the renderer does not fix: refused before any work, not a crash
                             # (math domain error, a shape mismatch) after the views are prepared
                             ('neus.color.d_hidden', -1, 'neus.color.d_hidden=-1: must be >= 1'),

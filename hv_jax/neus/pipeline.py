@@ -154,6 +154,7 @@ def _check_ranges(s: ReconstructSettings) -> None:
       ('train.grid_lr_scale', tc.grid_lr_scale, tc.grid_lr_scale > 0, '> 0'),
       ('train.decay_interval', tc.decay_interval, tc.decay_interval >= 1, '>= 1'),
       ('train.chunks', tc.chunks, tc.chunks >= 1, '>= 1'),
+      ('seed', s.seed, 0 <= s.seed < 2 ** 32, 'in [0, 2^32 - 1]'),
       ('save_every', s.save_every, s.save_every >= 1, '>= 1'),
       ('log_every', s.log_every, s.log_every >= 1, '>= 1'),
       ('mesh_slab', int(s.mesh_slab), int(s.mesh_slab) >= 1, '>= 1'),
