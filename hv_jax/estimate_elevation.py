@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from hv_jax import atomic, checks, cli, elevation, settings
+from hv_jax.data import matting
 from hv_jax.errors import UserError
 
 
@@ -50,9 +51,12 @@ class ElevationSettings:
     if not self.distances:
       raise UserError('--config.distances is empty: give at least one camera distance, e.g. (1.5,)')
     if self.hi < self.lo:
-      raise UserError(f'hi ({self.hi}) is below lo ({self.lo})')
-    if not 1 <= self.crop_size <= elevation.SIZE:
-      raise UserError(f'crop_size must be in [1, {elevation.SIZE}], got {self.crop_size}')
+      raise UserError(f'--config.hi={self.hi}: must be >= --config.lo={self.lo}')
+    checks.number(self, 'crop_size', lo=1, hi=elevation.SIZE, integer=True)
+    try:
+      matting.resolve(self.matting, None, self.model)
+    except matting.MattingError as e:         # an unknown method, a missing rembg model: named as the flag
+      raise UserError(f'--config.matting={self.matting!r}: {e}') from None
 
 
 def run(s: ElevationSettings) -> elevation.Estimate:

@@ -137,6 +137,13 @@ def test_cli_bad_input_is_one_line(files, capsys):
   assert rc == 2 and err.startswith('error:') and '\n' not in err and 'm.ply' in err
   assert estimate_elevation.main(['--config.mesh=x.ply']) == 2
   assert 'no input' in capsys.readouterr().err
+  # settings mistakes name their flag
+  for flags, line in ((['--config.crop_size=-1'], 'error: --config.crop_size=-1: must be in [1, 256]'),
+                      (['--config.lo=20', '--config.hi=10'], 'error: --config.hi=10.0: must be >= --config.lo=20.0'),
+                      (['--config.matting=x'], "error: --config.matting='x': unknown matting method 'x'")):
+    assert estimate_elevation.main([f'--config.input={files / "input.png"}', '--config.mesh=m.ply', *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(line) and '\n' not in err, err
 
 
 def test_cut_outline_is_warned(mesh, caplog):

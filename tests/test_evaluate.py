@@ -98,6 +98,8 @@ def test_bad_inputs(tmp_path, capsys):
   _write_preds(pred / 'cream', gt / 'cream', [0., 1.])
   _write_preds(pred / 'soap', gt / 'soap', [0.])
   assert 'different instance counts' in _error([f'--config.pred={pred}'] + base, capsys)
+  assert _error([f'--config.pred={pred}', '--config.matting=x'] + base, capsys).startswith(
+      "error: --config.matting='x': unknown matting method 'x'")
   assert 'expected 2 strips' in _error([f'--config.pred={pred}', '--config.num_samples=2'] + base, capsys)
   Image.fromarray(np.zeros((256, 2048, 3), np.uint8)).save(pred / 'soap' / '0.png')
   assert 'expected 4096x256' in _error([f'--config.pred={pred}', '--config.objects=soap'] + base, capsys)

@@ -287,7 +287,7 @@ def test_cli_writes_rgba_cutouts_and_a_record(tmp_path, capsys):
 
 @pytest.mark.parametrize('flags,needle', [
     (['--config.input=MISSING'], 'input image not found'),
-    (['--config.method=carvekit'], 'unknown matting method'),
+    (['--config.method=carvekit'], "error: --config.method='carvekit': unknown matting method"),
     (['--config.method=rembg'], 'needs a model file'),
     (['--config.input='], 'no input'),
 ])
