@@ -225,3 +225,10 @@ def main(argv: Optional[Sequence[str]], settings_cls: Type[T], body: Callable[[T
     return body(s)
   except UserError as e:
     return fail(str(e))
+  except MemoryError as e:   # numpy's allocation of a size the settings asked for (e.g. a mesh_resolution)
+    return fail(f'out of memory: {e}; lower the sizes in the settings (what was written so far is kept)')
+  except Exception as e:  # noqa: BLE001
+    if 'RESOURCE_EXHAUSTED' not in str(e).split('\n', 1)[0]:     # XLA's out-of-memory error
+      raise
+    return fail(f'out of device memory: {one_line(str(e).splitlines()[0])[:300]}; lower the batch sizes in the '
+                'settings (per_device_batch, batch_view_num, ...) (what was written so far is kept)')

@@ -1,4 +1,5 @@
 """Config-file CLIs: a mistake in the flags or the config file is one `error:` line and exit code 2."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -74,3 +75,32 @@ def test_flag_mistakes_of_the_other_clis_are_one_line(module, args, tmp_path):
                      timeout=300)
   assert r.returncode == 2 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert r.stderr.startswith('error: ') and f'python -m {module} --help for usage' in r.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+  side: int = 1
+
+
+@pytest.mark.parametrize('kind', ['numpy', 'xla'])
+def test_out_of_memory_is_one_line(kind, capsys):
+  """A size the settings ask for that does not fit (a mesh_resolution, a batch): one line naming it, exit 2."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from hv_jax import cli, settings
+
+  def body(s):
+    if kind == 'numpy':
+      np.empty((s.side,) * 3, np.float32)
+    else:
+      jax.block_until_ready(jnp.zeros((s.side, s.side), jnp.float32))
+    return 0
+
+  side = 10 ** 6 if kind == 'numpy' else 2 ** 22       # 3.6 EiB; 64 TiB
+  rc = cli.main([f'--config.side={side}'], _Sizes, body, prog='python -m x',
+                default=lambda: settings.config_dict(_Sizes))
+  err = capsys.readouterr().err
+  want = 'error: out of memory: Unable to allocate' if kind == 'numpy' else \
+      'error: out of device memory: RESOURCE_EXHAUSTED: Out of memory allocating'
+  assert rc == 2 and err.startswith(want) and err.count('\n') == 1, err
