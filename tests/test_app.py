@@ -1,4 +1,4 @@
-"""`python -m hv_jax.app` as a person uses it: the app started in a subprocess with the tiny random model, driven
+"""`python -m hv_jax.app` as a person uses it: the app started in a subprocess with a small random model, driven
 in headless Chromium (Playwright, the system's Chromium): upload a GSO view, generate, reconstruct, look at the
 mesh and download it; a broken upload's one-line error, and the next request still served.
 
@@ -19,15 +19,17 @@ import pytest
 from PIL import Image
 
 import parity as P
+import small_model
 from benchmarks import app_request as driver
 from hv_jax import app, cli, settings
 from hv_jax.pipeline import service
 
 INSTANCES = 2
 # the demo block shortened as tests/test_image_to_3d.py shortens it (so NeuS's programs may be read back from the
-# run's compilation cache), at the GSO view's elevation (30): 2 instances of 2 DDIM steps, 30 NeuS steps, a 64^3
-# mesh, a 128^2 texture
-FLAGS = ['--config.demo.elevation=30', f'--config.demo.sample.sample_num={INSTANCES}',
+# run's compilation cache), at the GSO view's elevation (30): the behaviour tests' model (tests/small_model.py),
+# 2 instances of 2 DDIM steps, 30 NeuS steps, a 64^3 mesh, a 128^2 texture
+FLAGS = ['--config.demo.elevation=30', small_model.FLAG.replace('--config.', '--config.demo.sample.'),
+         f'--config.demo.sample.sample_num={INSTANCES}',
          '--config.demo.sample.sample_steps=2', '--config.demo.neus.train.total_steps=30',
          '--config.demo.neus.train.decay_interval=30', '--config.demo.neus.save_every=10',
          '--config.demo.neus.mesh_resolution=64', '--config.demo.texture_size=128', '--config.demo.preview_frames=4']
@@ -81,7 +83,7 @@ def test_a_cancelled_run_stops_at_its_next_step():
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
-  """The app on a free port in a subprocess (the tiny random model): (url, output folder)."""
+  """The app on a free port in a subprocess (a small random model: FLAGS): (url, output folder)."""
   pytest.importorskip('gradio')
   pytest.importorskip('playwright')
   if not os.path.exists(driver.CHROMIUM):

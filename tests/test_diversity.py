@@ -1,7 +1,7 @@
-"""The diversity-study runner on the tiny random demo model: the plan (grid, common random numbers, the split
-over processes), kill -9 and restart (nothing lost, nothing duplicated, the same table as an uninterrupted
-run), a strip written just before a kill is finished without re-sampling, and 2 processes x 4 CPU devices
-(jax.distributed on localhost) give the results of 1 process."""
+"""The diversity-study runner on the behaviour tests' random model (tests/small_model.py): the plan (grid, common
+random numbers, the split over processes), kill -9 and restart (nothing lost, nothing duplicated, the same table as
+an uninterrupted run), a strip written just before a kill is finished without re-sampling, and 2 processes x 4 CPU
+devices (jax.distributed on localhost) give the results of 1 process."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import parity as P
+import small_model
 from experiments import diversity, store
 
 GSO = P.ROOT / 'tests' / 'fixtures' / 'gso'   # bell (no mesh), cream (mesh); max_inputs=1 takes bell
@@ -33,6 +34,7 @@ def get_config():
   c.data.path = {data!r}
   c.data.tfds_dir = {tfds!r}
   c.data.max_inputs = 1
+  c.model = {model!r}
   c.output_dir = {out!r}
   c.sample_num = 2
   c.sample_steps = 2
@@ -56,7 +58,8 @@ def work(tmp_path_factory):
 def _config_file(work: pathlib.Path, name: str, batch: int = 1) -> pathlib.Path:
   path = work / f'{name}_config.py'
   path.write_text(CONFIG.format(demo_sweep=str(P.ROOT / 'experiments' / 'configs' / 'demo_sweep.py'), data=str(GSO),
-                                tfds=str(work / 'tfds'), out=str(work / name), batch=batch))
+                                tfds=str(work / 'tfds'), out=str(work / name), batch=batch,
+                                model=str(small_model.PATH)))
   return path
 
 

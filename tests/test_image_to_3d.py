@@ -1,6 +1,6 @@
-"""The photo-to-asset command on the tiny random model: every stage's outputs from a plain JPEG, the estimated
-elevation's second round, a rerun that redoes nothing, a changed setting that redoes only its stage, and bad
-input as one line with nothing partial."""
+"""The photo-to-asset command on a small random model (tests/small_model.py): every stage's outputs from a plain
+JPEG, the estimated elevation's second round, a rerun that redoes nothing, a changed setting that redoes only its
+stage, and bad input as one line with nothing partial."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import parity as P
+import small_model
 from hv_jax import cli, digest, settings
 from hv_jax.errors import UserError
 from hv_jax.pipeline import image_to_3d, stages
@@ -24,15 +25,14 @@ GSO_MESH = P.ROOT / 'tests' / 'fixtures' / 'gso' / 'cream' / 'model.obj'     # a
 
 
 # the test's shortening of configs/image_to_3d_demo.py, as flags (the kill -9 test's subprocess) and as settings
-SHORT = {'sample.sample_steps': 2, 'sample.progress': False, 'neus.train.total_steps': 12,
-         'neus.train.decay_interval': 12, 'neus.save_every': 4, 'neus.mesh_resolution': 64, 'neus.progress': False,
-         'texture_size': 128, 'preview_frames': 4}
+SHORT = {'sample.model': str(small_model.PATH), 'sample.sample_steps': 2, 'sample.progress': False,
+         'neus.train.total_steps': 12, 'neus.train.decay_interval': 12, 'neus.save_every': 4,
+         'neus.mesh_resolution': 64, 'neus.progress': False, 'texture_size': 128, 'preview_frames': 4}
 
 
 def _config(out, **kw) -> image_to_3d.ImageTo3DSettings:
-  """configs/image_to_3d_demo.py shortened for a test (SHORT): 2 DDIM steps (the sampler program of
-  tests/test_sample.py's demo run, so the run-wide compilation cache can share it), 12 NeuS steps, a 64^3 mesh,
-  a small texture."""
+  """configs/image_to_3d_demo.py shortened for a test (SHORT): the behaviour tests' model (tests/small_model.py),
+  2 DDIM steps, 12 NeuS steps, a 64^3 mesh, a small texture."""
   c = cli.load_config(P.ROOT / 'configs' / 'image_to_3d_demo.py')
   for key, value in SHORT.items():
     node = c

@@ -1,5 +1,6 @@
-"""Sampling job behaviour on the tiny random demo model: outputs, resume, no recompilation, determinism
-across batch composition and device count, and every bad input -> one clear line, nothing partial."""
+"""Sampling job behaviour on the demo's settings with the behaviour tests' random model (tests/small_model.py):
+outputs, resume, no recompilation, determinism across batch composition and device count, the memory knobs, and
+every bad input -> one clear line, nothing partial."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 import parity as P
+import small_model
 from hv_jax import cli, parallel, settings
 from hv_jax.models.config import ModelConfig
 from hv_jax.sampling import pipeline
@@ -29,10 +31,11 @@ STEPS = 2
 
 
 def _config(tmp_path, **kw):
-  """configs/demo.py's settings (SampleSettings), at STEPS steps into tmp_path/out, with `kw` changed."""
+  """configs/demo.py's settings (SampleSettings) on the behaviour tests' model (tests/small_model.py), at STEPS
+  steps into tmp_path/out, with `kw` changed."""
   demo = settings.from_dict(pipeline.SampleSettings, cli.load_config(P.ROOT / 'configs' / 'demo.py').to_dict())
   return dataclasses.replace(demo, **{'output_dir': str(tmp_path / 'out'), 'sample_steps': STEPS, 'progress': False,
-                                      **kw})
+                                      'model': str(small_model.PATH), **kw})
 
 
 def _outputs(d):
@@ -67,7 +70,7 @@ def test_demo_run_writes_strips_grid_manifest_and_resumes(finished, demo_run):
   assert manifests['bell']['sampler']['steps'] == STEPS
   assert m['complete'] and m['instances'] == [0, 1] and m['settings']['timesteps'] == [1, 501]
   assert m['settings']['input_sha256'] == pipeline.digest.file_sha256(DEMO / '000.png')
-  assert m['lowering'] == {'conv': 'tuned', 'attn': 'fast', 'im2col_max_pixels': 16}   # provenance (CPU default)
+  assert m['lowering'] == {'conv': 'xla', 'attn': 'reference', 'im2col_max_pixels': 16}   # provenance (the model's)
   assert 'lowering' not in m['settings']
   # an RGBA input keeps the original's path: its own alpha, crop_size, no cut-out file, the same settings keys
   assert m['matting'] == 'alpha' and m['settings']['crop_size'] == -1 and 'matting' not in m['settings']
@@ -217,7 +220,7 @@ _MULTI_DEVICE = textwrap.dedent('''
     from hv_jax.models.config import ModelConfig
     from hv_jax.models.init import random_params
     assert jax.device_count() == 8, jax.devices()
-    cfg = ModelConfig.tiny()
+    cfg = ModelConfig.from_json(open(sys.argv[1]).read())     # tests/small_model.py
     params = random_params(cfg, 0)
     sconf = SamplerConfig(steps=%d)
     rng = np.random.default_rng(0)
@@ -251,11 +254,12 @@ _MULTI_DEVICE = textwrap.dedent('''
 
 @pytest.fixture(scope='module')
 def multi_device():
-  """One subprocess with 8 CPU devices: the tiny sampler on 1 device and on 8, and on 1 device again with
-  another batch composition (the same compile)."""
+  """One subprocess with 8 CPU devices: the sampler of the behaviour tests' model (tests/small_model.py) on 1
+  device and on 8, and on 1 device again with another batch composition (the same compile)."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
              PYTHONPATH=str(P.ROOT))
-  r = subprocess.run([sys.executable, '-c', _MULTI_DEVICE], capture_output=True, text=True, env=env, timeout=1200)
+  r = subprocess.run([sys.executable, '-c', _MULTI_DEVICE, str(small_model.PATH)], capture_output=True, text=True,
+                     env=env, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -369,6 +373,17 @@ def test_exact_schedule_runs_the_count_asked_and_the_manifest_says_which(tmp_pat
   assert recorded['timesteps'] == [1, 334, 667] and recorded['sample_steps'] == 3
 
 
+def test_the_manifest_records_the_lowering_the_demo_runs_on_cpu(tmp_path):
+  """configs/demo.py's tiny model leaves the lowering to the backend: its manifest records the CPU default."""
+  c = _config(tmp_path, model='tiny')
+  weights = pipeline.resolve_weights(c)
+  job = pipeline.load_inputs(c)[0]
+  sconf = c.sampler_config()
+  m = pipeline.manifest_of(c, job, pipeline.settings_of(c, job, weights, sconf, c.scales), weights, sconf)
+  assert m['lowering'] == {'conv': 'tuned', 'attn': 'fast', 'im2col_max_pixels': 16}   # provenance (CPU default)
+  assert 'lowering' not in m['settings']
+
+
 @pytest.mark.skipif(not P.available(), reason='needs parity fixtures')
 def test_checkpoint_config_mismatch(tmp_path):
   pytest.importorskip('torch')
@@ -394,7 +409,7 @@ def test_cli_reports_one_line_without_traceback(tmp_path):
 
 def test_memory_knobs_keep_the_result():
   """view chunks (sequential lax.map) and remat change memory, not numbers; bfloat16 stays close."""
-  cfg = ModelConfig.tiny()
+  cfg = small_model.SMALL
   from hv_jax.models.init import random_params
   from hv_jax.sampling.sampler import Condition
   params = random_params(cfg, 2)
