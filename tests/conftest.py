@@ -41,17 +41,3 @@ def pytest_configure(config):
   jax.config.update('jax_compilation_cache_dir', str(path))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-
-
-# The files whose tests take longest, longest first (summed test time of a 2-worker run on 2 cores, 2026-12-07:
-# 165, 147, 132, 132, 120, 99, 70, 68, 56 and 44 s; every other file under 25 s). The suite runs them first and
-# xdist hands out files in collection order (setup.cfg: --no-loadscope-reorder), so the two workers end together
-# instead of one finishing a heavy file alone (it ran 40 s alone when xdist ordered files by test count).
-HEAVY_FIRST = ('test_sampler_parity.py', 'test_reconstruct.py', 'test_app.py', 'test_sample.py',
-               'test_diversity.py', 'test_image_to_3d.py', 'test_model_parity.py', 'test_convert.py',
-               'test_neus_parity.py', 'test_evaluate.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: a file's own order is kept
