@@ -28,7 +28,7 @@ INSTANCES = 2
 # the demo block shortened as tests/test_image_to_3d.py shortens it (so NeuS's programs may be read back from the
 # run's compilation cache), at the GSO view's elevation (30): the behaviour tests' model (tests/small_model.py),
 # 2 instances of 2 DDIM steps, 30 NeuS steps, a 64^3 mesh, a 128^2 texture
-FLAGS = ['--config.demo.elevation=30', small_model.FLAG.replace('--config.', '--config.demo.sample.'),
+FLAGS = ['--config.demo.elevation=30', f'--config.demo.sample.model={small_model.PATH}',
          f'--config.demo.sample.sample_num={INSTANCES}',
          '--config.demo.sample.sample_steps=2', '--config.demo.neus.train.total_steps=30',
          '--config.demo.neus.train.decay_interval=30', '--config.demo.neus.save_every=10',
