@@ -123,12 +123,27 @@ def test_grid_field_starts_as_a_sphere_with_unit_gradient():
   np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, atol=1e-2)
 
 
-def _fit(views_dir, ckpt_dir, steps, on_log=None, seed=3, data_identity=None):
+def _fit(views_dir, ckpt_dir, steps, on_log=None, seed=3, data_identity=None, log_every=2):
   data = neus_data.ray_dataset(neus_data.load_views(views_dir))
   tc = train.TrainConfig(base_lr=1e-3, total_steps=steps, warm_up_steps=2, decay_interval=4, grid_lr_scale=10.0)
-  lc = train.LoopConfig(batch_num=64, fg_num=16, seed=seed, save_every=4, log_every=2)
-  return train.fit(data, TINY, tc, lc, checkpoint_dir=str(ckpt_dir), progress=False, on_log=on_log,
-                   data_identity=data_identity)
+  lc = train.LoopConfig(batch_num=64, fg_num=16, seed=seed, save_every=4, log_every=log_every)
+  return train.fit(data, TINY, tc, lc, checkpoint_dir=str(ckpt_dir) if ckpt_dir else '', progress=False,
+                   on_log=on_log, data_identity=data_identity)
+
+
+def test_steps_per_call_change_no_number(tmp_path):
+  """fit runs K steps per compiled call (one lax.scan): the params and the logged rows are those of one step
+  per call, bit for bit."""
+  tc, lc = train.TrainConfig(total_steps=800), train.LoopConfig(save_every=200, log_every=10)
+  assert train.steps_per_call(tc, lc) == 10                       # configs/neus_fast.py's loop
+  assert train.steps_per_call(tc, lc, start=205) == 5             # resumed from a checkpoint of save_every=5
+  assert train.steps_per_call(train.TrainConfig(total_steps=12), train.LoopConfig(save_every=4, log_every=10)) == 2
+  views = disc_views(tmp_path)
+  one, hist_one = _fit(views, None, 12, log_every=1)             # K = 1
+  four, hist_four = _fit(views, None, 12, log_every=4)           # K = 4
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), one, four)
+  drop = lambda row: {k: v for k, v in row.items() if k != 'seconds'}
+  assert [drop(r) for r in hist_four] == [drop(r) for r in hist_one if r['step'] % 4 == 0]
 
 
 def test_an_interrupted_fit_resumes_to_the_same_params(tmp_path):

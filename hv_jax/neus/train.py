@@ -6,8 +6,9 @@ original's LambdaLR factor `lr_factor` (linear warm-up from 0.02 to 1 over warm_
 1000 steps, ratio = 0.02 ** (1 / (total_steps // 1000))). Optimizer step k (from 0) uses factor(k), and
 the renderer's `step` (cos-anneal) is the number of steps already taken, as Lightning's global_step.
 
-`fit` runs the loop: batches from `data.batch_indices` (a pure function of seed and step), the
-perturbation key fold_in(seed key, step), orbax checkpoints of the whole train state every
+`fit` runs the loop, `steps_per_call` steps per compiled call (`train_steps_indexed`, one lax.scan): batches
+from `data.batch_indices` (a pure function of seed and step), the perturbation key fold_in(seed key, step),
+orbax checkpoints of the whole train state every
 `save_every` steps (a rerun resumes from the last one and reproduces the uninterrupted run), a
 progress bar with the losses.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Any, Dict, NamedTuple
@@ -176,11 +178,20 @@ train_step = jax.jit(_step, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
-def train_step_indexed(state: TrainState, data: Dict[str, jnp.ndarray], index, key, cfg: NeuSConfig,
-                       tc: TrainConfig):
-  """train_step on the rays `index` of the device-resident ray table `data`."""
-  batch = {k: jnp.take(data[k], index, axis=0) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
-  return _step(state, batch, key, cfg, tc)
+def train_steps_indexed(state: TrainState, data: Dict[str, jnp.ndarray], indices, keys, cfg: NeuSConfig,
+                        tc: TrainConfig):
+  """K train steps in one call (lax.scan): step k on the rays indices[k] [K, R] of the device-resident ray table
+  `data`, perturbed from keys[k] [K, 2]. Returns (state after the K steps, metrics of each step [K]).
+
+  The same numbers as K calls of train_step (bit-identical on XLA:CPU: tests/test_reconstruct.py). One call per
+  K steps spares the per-call costs: on XLA:CPU every call maps a fresh temp buffer (~230 MB for neus_fast:
+  60k page faults a step) and dispatches from Python (docs/neus.md, "Steps per call").
+  """
+  def body(st, x):
+    index, key = x
+    batch = {k: jnp.take(data[k], index, axis=0) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
+    return _step(st, batch, key, cfg, tc)
+  return jax.lax.scan(body, state, (indices, keys))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,31 +277,42 @@ def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopC
       manager.close()
 
 
+def steps_per_call(tc: TrainConfig, lc: LoopConfig, start: int = 0) -> int:
+  """K, the steps `fit` runs per compiled call: the largest number dividing log_every, save_every, total_steps
+  and the step it starts from, so every log row, checkpoint and the last step fall at the end of a call and a
+  run compiles one program (neus_fast: 10)."""
+  return math.gcd(lc.log_every, lc.save_every, tc.total_steps, start)
+
+
 def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
   table = {k: jnp.asarray(data[k]) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
   total = table['rays_o'].shape[0]
   fg_index = data['fg_index']
   history = []
-  steps = range(start, tc.total_steps)
+  k = steps_per_call(tc, lc, start)
+  fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
   bar = None
   if progress:
     bar = tqdm(total=tc.total_steps, initial=start, desc='neus', unit='step', dynamic_ncols=True)
   try:     # the bar is closed before an error (a diverged loss, Ctrl-C) is reported
     t0 = time.time()
-    for step in steps:
-      index = neus_data.batch_indices(step, lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
-      key = jax.random.fold_in(seed_key, step)
-      state, metrics = train_step_indexed(state, table, jnp.asarray(index, jnp.int32), key, cfg, tc)
-      done = step + 1
+    for first in range(start, tc.total_steps, k):
+      steps = np.arange(first, first + k)
+      indices = np.stack([neus_data.batch_indices(int(step), lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
+                          for step in steps])
+      keys = fold(seed_key, jnp.asarray(steps, jnp.uint32))          # fold_in(seed key, step), as one step did
+      state, metrics = train_steps_indexed(state, table, jnp.asarray(indices, jnp.int32), keys, cfg, tc)
+      done = first + k
       if done % lc.log_every == 0 or done == tc.total_steps:
-        row = {'step': done, 'seconds': time.time() - t0, **{k: float(v) for k, v in metrics.items()}}
+        row = {'step': done, 'seconds': time.time() - t0, **{name: float(v[-1]) for name, v in metrics.items()}}
         history.append(row)
         if bar is not None:
-          bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'rendering', 'eikonal', 'mask') if k in row})
+          bar.set_postfix({name: f'{row[name]:.4f}' for name in ('loss', 'rendering', 'eikonal', 'mask')
+                           if name in row})
         if on_log is not None:
           on_log(row)
       if bar is not None:
-        bar.update(1)
+        bar.update(k)
       if manager is not None and (done % lc.save_every == 0 or done == tc.total_steps):
         manager.save(done, args=ocp.args.StandardSave(state), force=True)
   finally:
