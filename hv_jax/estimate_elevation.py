@@ -53,10 +53,7 @@ class ElevationSettings:
     if self.hi < self.lo:
       raise UserError(f'--config.hi={self.hi}: must be >= --config.lo={self.lo}')
     checks.number(self, 'crop_size', lo=1, hi=elevation.SIZE, integer=True)
-    try:
-      matting.resolve(self.matting, None, self.model)
-    except matting.MattingError as e:         # an unknown method, a missing rembg model: named as the flag
-      raise UserError(f'--config.matting={self.matting!r}: {e}') from None
+    matting.check_settings(self.matting, self.model, model_flag='model')
 
 
 def run(s: ElevationSettings) -> elevation.Estimate:

@@ -110,10 +110,7 @@ class EvaluateSettings(MetricWeights):
     checks.number(self, 'num_samples', lo=0, integer=True, hint='0: any')
     checks.number(self, 'flow_batch', lo=0, integer=True, hint='0: all view sets at once')
     gt_rotations(self.gt_rotation)   # a malformed gt_rotation fails here
-    try:
-      matting.resolve(self.matting, None, self.matting_model)
-    except matting.MattingError as e:         # an unknown method, a missing rembg model: named as the flag
-      raise UserError(f'--config.matting={self.matting!r}: {e}') from None
+    matting.check_settings(self.matting, self.matting_model)
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -36,10 +36,7 @@ class MatteSettings:
     for field, what in (('input', 'image files or folders, comma-separated'), ('out', 'the output folder')):
       if not getattr(self, field):
         raise UserError(f'no {field}: set --config.{field}=... ({what})')
-    try:
-      matting.resolve(self.method, None, self.model)
-    except matting.MattingError as e:         # an unknown method, a missing rembg model: named as the flag
-      raise UserError(f'--config.method={self.method!r}: {e}') from None
+    matting.check_settings(self.method, self.model, method_flag='method', model_flag='model')
 
 
 def input_files(spec: str):

@@ -144,6 +144,11 @@ def test_a_killed_stage_leaves_no_record_and_runs_again(tmp_path):
     # the blocks' own checks name the flag as this command takes it
     ({'neus.mesh_resolution': 1}, '^--config.neus.mesh_resolution=1: must be >= 2'),
     ({'sample.s1': float('nan')}, '^--config.sample.s1=nan: must be a finite number'),
+    # a rembg model file that the chosen method would never use is refused, not ignored
+    ({'neus.matting_model': 'u2net.onnx'}, '^--config.neus.matting_model=u2net.onnx is never used with '
+                                           '--config.neus.matting=white: set --config.neus.matting=rembg'),
+    ({'matting': 'plain', 'matting_model': 'u2net.onnx'}, '^--config.matting_model=u2net.onnx is never used with '
+                                                          '--config.matting=plain'),
 ])
 def test_bad_settings_are_one_line(tmp_path, change, message):
   s = _config(tmp_path / 'out', input=str(PHOTO))

@@ -132,6 +132,33 @@ def test_unknown_method_and_missing_alpha():
     matting.matte(np.zeros((16, 16, 3), np.uint8), 'alpha')
 
 
+def test_settings_are_checked_before_any_work(tmp_path):
+  """check_settings: what every command runs on its matting flags; a model file is never silently unused."""
+  model = tmp_path / 'u2net.onnx'
+  model.write_bytes(b'onnx bytes')
+  for method in ('auto', 'alpha', 'plain'):
+    matting.check_settings(method, '')
+  for method in ('auto', 'rembg'):
+    matting.check_settings(method, str(model))
+  cases = [(('carvekit', ''), "--config.matting='carvekit': unknown matting method 'carvekit': use one of auto, "),
+           (('rembg', ''), '--config.matting=rembg needs a model file: set --config.matting_model=FILE; rembg keeps'),
+           (('plain', str(model)), f'--config.matting_model={model} is never used with --config.matting=plain: set '
+                                   '--config.matting=rembg (or auto), or no --config.matting_model'),
+           (('alpha', str(model)), 'is never used with --config.matting=alpha'),
+           (('auto', str(tmp_path / 'nope.onnx')), '--config.matting_model: rembg model file not found: '),
+           (('rembg', str(tmp_path)), 'rembg model file not found')]
+  (tmp_path / 'empty.onnx').write_bytes(b'')
+  cases.append((('rembg', str(tmp_path / 'empty.onnx')), 'rembg model file is empty'))
+  for (method, path), message in cases:
+    with pytest.raises(matting.MattingError) as e:
+      matting.check_settings(method, path)
+    assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
+  # the flags as a command names them; a method list of another command ('white': hv_jax.reconstruct's rule)
+  with pytest.raises(matting.MattingError, match=r'^--config.model=.* is never used with --config.method=plain'):
+    matting.check_settings('plain', str(model), method_flag='method', model_flag='model')
+  matting.check_settings('white', '', methods=matting.METHODS + ('white',))
+
+
 def _save(tmp_path, name, img: Image.Image, **kw):
   path = tmp_path / name
   img.save(path, **kw)

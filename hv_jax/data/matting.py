@@ -358,6 +358,29 @@ def matte_rembg(rgb: np.ndarray, session) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- one API
 
+def check_settings(method: str, model: str, *, methods: Tuple[str, ...] = METHODS, method_flag: str = 'matting',
+                   model_flag: str = 'matting_model') -> None:
+  """A command's matting settings, checked before any work: a known method; a model file for 'rembg'; a model
+  file only where it can be used ('rembg', or 'auto' for images without a usable alpha: never silently ignored),
+  and then an existing, non-empty file. MattingError names the flags."""
+  if method not in methods:
+    raise MattingError(f'--config.{method_flag}={method!r}: unknown matting method {method!r}: use one of '
+                       f'{", ".join(methods)}')
+  if method == 'rembg' and not model:
+    raise MattingError(f'--config.{method_flag}=rembg needs a model file: set --config.{model_flag}=FILE; '
+                       f'{REMBG_HINT}')
+  if not model:
+    return
+  if method not in ('auto', 'rembg'):
+    raise MattingError(f'--config.{model_flag}={model} is never used with --config.{method_flag}={method}: set '
+                       f'--config.{method_flag}=rembg (or auto), or no --config.{model_flag}')
+  p = Path(model).expanduser()
+  if not p.is_file():
+    raise MattingError(f'--config.{model_flag}: rembg model file not found: {p} ({REMBG_HINT})')
+  if p.stat().st_size == 0:
+    raise MattingError(f'--config.{model_flag}: rembg model file is empty: {p} ({REMBG_HINT})')
+
+
 def resolve(method: str, alpha: Optional[np.ndarray], model: Optional[str]) -> str:
   """The method `auto` stands for, given the image's alpha and the configured rembg model."""
   if method not in METHODS:

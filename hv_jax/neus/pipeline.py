@@ -35,6 +35,7 @@ import jax
 
 from hv_jax import atomic, checks, digest, optional
 from hv_jax import settings as settings_lib
+from hv_jax.data import matting
 from hv_jax.data.views import VIEW_FILES
 from hv_jax.errors import UserError
 from hv_jax.export import write
@@ -106,8 +107,7 @@ class ReconstructSettings:
         raise ValueError(f'--config.texture_size={self.texture_size}: must be in [8, 8192]')
       if str(self.mesh_floor) not in neus_mesh.FLOORS:
         raise ValueError(f'--config.mesh_floor={self.mesh_floor!r}: expected one of {neus_mesh.FLOORS}')
-      if str(self.matting) not in neus_data.MATTING:
-        raise ValueError(f'--config.matting={self.matting}: expected one of {", ".join(neus_data.MATTING)}')
+      matting.check_settings(str(self.matting), str(self.matting_model), methods=neus_data.MATTING)
       _check_ranges(self)
     except (TypeError, ValueError) as e:
       raise UserError(str(e)) from None

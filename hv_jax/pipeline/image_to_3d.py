@@ -117,7 +117,7 @@ class ImageTo3DSettings:
                       f'[0, {self.sample.sample_num - 1}]')
     if int(self.texture_size) < 64 or int(self.preview_frames) < 1:
       raise UserError('--config.texture_size must be >= 64 and --config.preview_frames >= 1')
-    matting.resolve(self.matting, None, self.matting_model)
+    matting.check_settings(self.matting, self.matting_model)
     in_block('sample.', self.round_settings(float(self.elevation_prior), Path('x')).validate)
     in_block('neus.', self.neus_settings(Path('x')).validate)
     # a GT mesh (metrics.json's Chamfer / IoU) is read now, not after sampling; NeuS's input here is a round's

@@ -119,12 +119,7 @@ class SampleSettings:
       checks.number(self, field, lo=-1, hi=256, integer=True, hint='-1 keeps the framing')
       if int(getattr(self, field)) == 0:
         raise UserError(f'--config.{field}=0: must be -1 (keep the framing) or in [1, 256]')
-    try:
-      matting.resolve(self.matting, None, self.matting_model)
-    except matting.MattingError as e:
-      raise UserError(f'--config.matting={self.matting}: {e}') from e
-    if self.matting == 'rembg' and not self.matting_model:
-      raise UserError(f'--config.matting=rembg needs --config.matting_model=FILE ({matting.REMBG_HINT})')
+    matting.check_settings(self.matting, self.matting_model)
     checks.number(self, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
     checks.number(self, 'decode_chunk', lo=1, hi=16, integer=True)
     checks.number(self, 'per_device_batch', lo=1, integer=True)
