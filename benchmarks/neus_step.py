@@ -3,7 +3,7 @@
 Each config runs in its own subprocess (so peak RSS is its own): compile time, steady-state seconds per
 step, rays/s, model FLOPs (exact dot count of the jaxpr, the grid field's gathers not counted), the fraction
 of an in-run float32 matmul, XLA temp buffers and peak RSS; and seconds per step as `fit` runs them,
-`steps_per_call` steps per compiled call. Rays are the real 16 cameras' rays with random
+STEPS_PER_CALL steps per compiled call. Rays are the real 16 cameras' rays with random
 colours and masks; the params are a fresh init (the step's cost does not depend on the values).
 
   PYTHONPATH=. python benchmarks/neus_step.py                        # both configs
@@ -64,9 +64,9 @@ def one(name: str, repeats: int):
     state, m = compiled(state, batch, key)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  # as fit runs it: steps_per_call(tc, lc) steps per compiled call (one lax.scan), each on its own rays; skipped
-  # where one call would take over a minute (configs/neus.py on a CPU)
-  k = train.steps_per_call(tc, lc)
+  # as fit runs it: STEPS_PER_CALL steps per compiled call, each on its own rays; skipped where one call would
+  # take over a minute (configs/neus.py on a CPU)
+  k = train.STEPS_PER_CALL
   t_compile_multi = step_in_calls = None
   if min(times) * k < 60:
     table = {name: jnp.asarray(v) for name, v in (('rays_o', o), ('rays_d', d),
@@ -75,14 +75,15 @@ def one(name: str, repeats: int):
     indices = jnp.asarray(np.stack([rng.choice(len(o), n, replace=False) for _ in range(k)]), jnp.int32)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(k, dtype=jnp.uint32))
     t0 = time.perf_counter()
-    multi = train.train_steps_indexed.lower(state, table, indices, keys, cfg=cfg, tc=tc).compile()
+    count = np.int32(k)
+    multi = train.train_steps_indexed.lower(state, table, indices, keys, count, cfg=cfg, tc=tc).compile()
     t_compile_multi = time.perf_counter() - t0
-    state, m = multi(state, table, indices, keys)
+    state, m = multi(state, table, indices, keys, count)
     jax.block_until_ready(m)
     per_step = []
     for _ in range(max(1, repeats // k)):
       t = time.perf_counter()
-      state, m = multi(state, table, indices, keys)
+      state, m = multi(state, table, indices, keys, count)
       jax.block_until_ready(m)
       per_step.append((time.perf_counter() - t) / k)
     step_in_calls = min(per_step)

@@ -131,24 +131,31 @@ def _fit(views_dir, ckpt_dir, steps, on_log=None, seed=3, data_identity=None, lo
                    on_log=on_log, data_identity=data_identity)
 
 
-def test_steps_per_call_change_no_number(tmp_path):
-  """fit runs K steps per compiled call (one lax.scan): the params and the logged rows are those of one step
-  per call, bit for bit."""
-  tc, lc = train.TrainConfig(total_steps=800), train.LoopConfig(save_every=200, log_every=10)
-  assert train.steps_per_call(tc, lc) == 10                       # configs/neus_fast.py's loop
-  assert train.steps_per_call(tc, lc, start=205) == 5             # resumed from a checkpoint of save_every=5
-  assert train.steps_per_call(train.TrainConfig(total_steps=12), train.LoopConfig(save_every=4, log_every=10)) == 2
-  views = disc_views(tmp_path)
-  one, hist_one = _fit(views, None, 12, log_every=1)             # K = 1
-  four, hist_four = _fit(views, None, 12, log_every=4)           # K = 4
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), one, four)
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """(views folder, params, history) of one uninterrupted 12-step fit (checkpoints every 4 steps, logs every 2:
+  2 steps per call)."""
+  root = tmp_path_factory.mktemp('fit')
+  views = disc_views(root)
+  return (views,) + tuple(_fit(views, root / 'a', 12))
+
+
+def test_chunk_lengths_change_no_number(uninterrupted):
+  """fit runs up to STEPS_PER_CALL steps per compiled call, in chunks that end at log rows and checkpoints: every
+  chunking runs one program and gives the same params and logged rows, bit for bit."""
+  views, two, hist_two = uninterrupted                          # chunks of 2 steps
+  compiled = train.train_steps_indexed._cache_size()
+  one, hist_one = _fit(views, None, 12, log_every=1)             # chunks of 1
+  three, _ = _fit(views, None, 12, log_every=3)                  # 3, 1, 2, 2, 1, 3 (checkpoints every 4)
+  assert train.train_steps_indexed._cache_size() == compiled     # no new program for other chunk lengths
+  for other in (one, three):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), other, two)
   drop = lambda row: {k: v for k, v in row.items() if k != 'seconds'}
-  assert [drop(r) for r in hist_four] == [drop(r) for r in hist_one if r['step'] % 4 == 0]
+  assert [drop(r) for r in hist_two] == [drop(r) for r in hist_one if r['step'] % 2 == 0]
 
 
-def test_an_interrupted_fit_resumes_to_the_same_params(tmp_path):
-  views = disc_views(tmp_path)
-  full, hist = _fit(views, tmp_path / 'a', 12)
+def test_an_interrupted_fit_resumes_to_the_same_params(tmp_path, uninterrupted):
+  views, full, hist = uninterrupted
   assert [r['step'] for r in hist] == [2, 4, 6, 8, 10, 12] and np.isfinite(hist[-1]['loss'])
 
   class Stop(Exception):

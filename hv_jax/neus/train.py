@@ -6,7 +6,7 @@ original's LambdaLR factor `lr_factor` (linear warm-up from 0.02 to 1 over warm_
 1000 steps, ratio = 0.02 ** (1 / (total_steps // 1000))). Optimizer step k (from 0) uses factor(k), and
 the renderer's `step` (cos-anneal) is the number of steps already taken, as Lightning's global_step.
 
-`fit` runs the loop, `steps_per_call` steps per compiled call (`train_steps_indexed`, one lax.scan): batches
+`fit` runs the loop in chunks of up to STEPS_PER_CALL steps per compiled call (`train_steps_indexed`): batches
 from `data.batch_indices` (a pure function of seed and step), the perturbation key fold_in(seed key, step),
 orbax checkpoints of the whole train state every
 `save_every` steps (a rerun resumes from the last one and reproduces the uninterrupted run), a
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from typing import Any, Dict, NamedTuple
@@ -177,21 +176,29 @@ def _step(state: TrainState, batch: Dict[str, jnp.ndarray], key, cfg: NeuSConfig
 train_step = jax.jit(_step, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
 
 
-@functools.partial(jax.jit, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
-def train_steps_indexed(state: TrainState, data: Dict[str, jnp.ndarray], indices, keys, cfg: NeuSConfig,
-                        tc: TrainConfig):
-  """K train steps in one call (lax.scan): step k on the rays indices[k] [K, R] of the device-resident ray table
-  `data`, perturbed from keys[k] [K, 2]. Returns (state after the K steps, metrics of each step [K]).
+STEPS_PER_CALL = 10     # the most train steps one call of train_steps_indexed runs
 
-  The same numbers as K calls of train_step (bit-identical on XLA:CPU: tests/test_reconstruct.py). One call per
-  K steps spares the per-call costs: on XLA:CPU every call maps a fresh temp buffer (~230 MB for neus_fast:
-  60k page faults a step) and dispatches from Python (docs/neus.md, "Steps per call").
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
+def train_steps_indexed(state: TrainState, data: Dict[str, jnp.ndarray], indices, keys, count, cfg: NeuSConfig,
+                        tc: TrainConfig):
+  """The first `count` of K = STEPS_PER_CALL train steps in one call: step k on the rays indices[k] [K, R] of the
+  device-resident ray table `data`, perturbed from keys[k] [K, 2]. Returns (state after them, the last step's
+  metrics).
+
+  `count` is traced, so every chunk length runs the same program: a loop whose trip count XLA cannot see, and
+  so cannot unroll or inline, which would round differently from one length to another (a static-length scan of
+  2 or 6 steps did: ~1 ulp). One call per chunk spares the per-call costs: on XLA:CPU every call maps a fresh temp
+  buffer (~230 MB for neus_fast: 60k page faults a step) and dispatches from Python (docs/neus.md, "Steps per
+  call").
   """
-  def body(st, x):
-    index, key = x
-    batch = {k: jnp.take(data[k], index, axis=0) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
-    return _step(st, batch, key, cfg, tc)
-  return jax.lax.scan(body, state, (indices, keys))
+  def body(k, carry):
+    st, _ = carry
+    batch = {name: jnp.take(data[name], indices[k], axis=0) for name in ('rays_o', 'rays_d', 'rgb', 'mask')}
+    return _step(st, batch, keys[k], cfg, tc)
+  shapes = jax.eval_shape(lambda: body(0, (state, None)))[1]
+  metrics = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  return jax.lax.fori_loop(0, count, body, (state, metrics))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,44 +284,39 @@ def fit(data: Dict[str, np.ndarray], cfg: NeuSConfig, tc: TrainConfig, lc: LoopC
       manager.close()
 
 
-def steps_per_call(tc: TrainConfig, lc: LoopConfig, start: int = 0) -> int:
-  """K, the steps `fit` runs per compiled call: the largest number dividing log_every, save_every, total_steps
-  and the step it starts from, so every log row, checkpoint and the last step fall at the end of a call and a
-  run compiles one program (neus_fast: 10)."""
-  return math.gcd(lc.log_every, lc.save_every, tc.total_steps, start)
-
-
 def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
   table = {k: jnp.asarray(data[k]) for k in ('rays_o', 'rays_d', 'rgb', 'mask')}
   total = table['rays_o'].shape[0]
   fg_index = data['fg_index']
   history = []
-  k = steps_per_call(tc, lc, start)
   fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
   bar = None
   if progress:
     bar = tqdm(total=tc.total_steps, initial=start, desc='neus', unit='step', dynamic_ncols=True)
   try:     # the bar is closed before an error (a diverged loss, Ctrl-C) is reported
     t0 = time.time()
-    for first in range(start, tc.total_steps, k):
-      steps = np.arange(first, first + k)
-      indices = np.stack([neus_data.batch_indices(int(step), lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
-                          for step in steps])
-      keys = fold(seed_key, jnp.asarray(steps, jnp.uint32))          # fold_in(seed key, step), as one step did
-      state, metrics = train_steps_indexed(state, table, jnp.asarray(indices, jnp.int32), keys, cfg, tc)
-      done = first + k
+    first = start
+    while first < tc.total_steps:
+      # a chunk ends at the next log row, checkpoint or the last step, after at most STEPS_PER_CALL steps
+      done = min(tc.total_steps, first + STEPS_PER_CALL, (first // lc.log_every + 1) * lc.log_every,
+                 (first // lc.save_every + 1) * lc.save_every)
+      indices = np.zeros((STEPS_PER_CALL, lc.batch_num + (lc.fg_num if len(fg_index) else 0)), np.int32)
+      for i, step in enumerate(range(first, done)):
+        indices[i] = neus_data.batch_indices(step, lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
+      keys = fold(seed_key, jnp.arange(first, first + STEPS_PER_CALL, dtype=jnp.uint32))   # fold_in(seed key, step)
+      state, metrics = train_steps_indexed(state, table, indices, keys, np.int32(done - first), cfg, tc)
       if done % lc.log_every == 0 or done == tc.total_steps:
-        row = {'step': done, 'seconds': time.time() - t0, **{name: float(v[-1]) for name, v in metrics.items()}}
+        row = {'step': done, 'seconds': time.time() - t0, **{k: float(v) for k, v in metrics.items()}}
         history.append(row)
         if bar is not None:
-          bar.set_postfix({name: f'{row[name]:.4f}' for name in ('loss', 'rendering', 'eikonal', 'mask')
-                           if name in row})
+          bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'rendering', 'eikonal', 'mask') if k in row})
         if on_log is not None:
           on_log(row)
       if bar is not None:
-        bar.update(k)
+        bar.update(done - first)
       if manager is not None and (done % lc.save_every == 0 or done == tc.total_steps):
         manager.save(done, args=ocp.args.StandardSave(state), force=True)
+      first = done
   finally:
     if bar is not None:
       bar.close()
