@@ -310,6 +310,16 @@ def _grabcut(img8: np.ndarray, fg: np.ndarray, sure_fg: np.ndarray, iterations: 
 
 # ----------------------------------------------------------------------------- rembg
 
+def _model_file(model: str, prefix: str = '') -> Path:
+  """The rembg model file `model` as a Path; MattingError (starting with `prefix`) if it is missing or empty."""
+  p = Path(model).expanduser()
+  if not p.is_file():
+    raise MattingError(f'{prefix}rembg model file not found: {p} ({REMBG_HINT})')
+  if p.stat().st_size == 0:
+    raise MattingError(f'{prefix}rembg model file is empty: {p} ({REMBG_HINT})')
+  return p
+
+
 def rembg_session(model: str):
   """A rembg session on the model file `model`, with nothing downloaded.
 
@@ -320,11 +330,7 @@ def rembg_session(model: str):
   if not model:
     raise MattingError(f'the rembg method needs a model file: set --config.matting_model=FILE '
                        f'(hv_jax.matte: --config.model=FILE); {REMBG_HINT}')
-  p = Path(model).expanduser()
-  if not p.is_file():
-    raise MattingError(f'rembg model file not found: {p} ({REMBG_HINT})')
-  if p.stat().st_size == 0:
-    raise MattingError(f'rembg model file is empty: {p} ({REMBG_HINT})')
+  p = _model_file(model)
   try:
     import onnxruntime  # lazy: optional dependency (extra matting)
     from rembg.sessions import sessions_class  # lazy: as above
@@ -374,11 +380,7 @@ def check_settings(method: str, model: str, *, methods: Tuple[str, ...] = METHOD
   if method not in ('auto', 'rembg'):
     raise MattingError(f'--config.{model_flag}={model} is never used with --config.{method_flag}={method}: set '
                        f'--config.{method_flag}=rembg (or auto), or no --config.{model_flag}')
-  p = Path(model).expanduser()
-  if not p.is_file():
-    raise MattingError(f'--config.{model_flag}: rembg model file not found: {p} ({REMBG_HINT})')
-  if p.stat().st_size == 0:
-    raise MattingError(f'--config.{model_flag}: rembg model file is empty: {p} ({REMBG_HINT})')
+  _model_file(model, f'--config.{model_flag}: ')
 
 
 def resolve(method: str, alpha: Optional[np.ndarray], model: Optional[str]) -> str:
