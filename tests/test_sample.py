@@ -384,6 +384,29 @@ def test_the_manifest_records_the_lowering_the_demo_runs_on_cpu(tmp_path):
   assert 'lowering' not in m['settings']
 
 
+def test_the_lowering_is_a_setting_of_the_run_and_changes_no_checked_setting(tmp_path):
+  """--config.conv_impl / attn_impl override the model config's lowering (also a JSON's); '' keeps it. A rerun
+  under another lowering is the same run (settings_of), its manifest records the one it ran."""
+  runs = {}                                   # the behaviour tests' model JSON sets the literal lowering itself
+  for conv, attn in (('', ''), ('tuned', ''), ('', 'fast'), ('auto', 'auto')):
+    c = _config(tmp_path, conv_impl=conv, attn_impl=attn)
+    c.validate()
+    weights = pipeline.resolve_weights(c)
+    job = pipeline.load_inputs(c)[0]
+    sconf = c.sampler_config()
+    settings = pipeline.settings_of(c, job, weights, sconf, c.scales)
+    m = pipeline.manifest_of(c, job, settings, weights, sconf)
+    runs[conv, attn] = (settings, m['lowering'])
+  assert runs['', ''][1] == {'conv': 'xla', 'attn': 'reference', 'im2col_max_pixels': 16}       # the JSON's
+  assert runs['tuned', ''][1] == {'conv': 'tuned', 'attn': 'reference', 'im2col_max_pixels': 16}
+  assert runs['', 'fast'][1] == {'conv': 'xla', 'attn': 'fast', 'im2col_max_pixels': 16}
+  assert runs['auto', 'auto'][1] == {'conv': 'tuned', 'attn': 'fast', 'im2col_max_pixels': 16}  # CPU default
+  assert all(settings == runs['', ''][0] for settings, _ in runs.values())
+  for field, bad in (('conv_impl', 'native'), ('attn_impl', 'flash')):
+    with pytest.raises(pipeline.UserError, match=f"^--config.{field}='{bad}': use one of"):
+      _config(tmp_path, **{field: bad}).validate()
+
+
 @pytest.mark.skipif(not P.available(), reason='needs parity fixtures')
 def test_checkpoint_config_mismatch(tmp_path):
   pytest.importorskip('torch')

@@ -40,7 +40,7 @@ from hv_jax.data import matting, preprocess
 from hv_jax.data import views as views_lib
 from hv_jax.data.views import NUM_VIEWS, join_strip, to_uint8
 from hv_jax.errors import UserError
-from hv_jax.models.config import ModelConfig
+from hv_jax.models.config import ATTN_IMPLS, CONV_IMPLS, ModelConfig
 from hv_jax.models.init import random_params
 from hv_jax.sampling import modes, schedule
 from hv_jax.sampling.sampler import Sampler, SamplerConfig, batch_arrays, input_id_of
@@ -68,6 +68,8 @@ class SampleSettings:
   checkpoint: str = ''           # converted orbax dir, the original .ckpt (converted on first use), or 'random'
   checkpoint_cache: str = ''     # where a .ckpt is converted to (default: <ckpt>.hv_jax beside it)
   model: str = ''                # model dims: '' = from the checkpoint, 'full', 'tiny', or a JSON path
+  conv_impl: str = ''            # conv lowering: '' = the model config's (auto: per backend) | auto | tuned | xla
+  attn_impl: str = ''            # attention lowering: '' = the model config's (auto: per backend) | auto | fast | reference
   elevation: float = 30.0        # input-view elevation in degrees (trained range [-10, 40])
   crop_size: int = -1            # RGBA inputs: object rescaled to crop_size inside 256x256; -1 keeps the image (original)
   matting: str = 'auto'          # cut-out of the input: auto (its alpha if usable, else rembg if matting_model, else plain) | alpha | plain | rembg
@@ -120,6 +122,10 @@ class SampleSettings:
       if int(getattr(self, field)) == 0:
         raise UserError(f'--config.{field}=0: must be -1 (keep the framing) or in [1, 256]')
     matting.check_settings(self.matting, self.matting_model)
+    for field, values in (('conv_impl', CONV_IMPLS), ('attn_impl', ATTN_IMPLS)):
+      if str(getattr(self, field)) not in ('', 'auto') + values:
+        raise UserError(f'--config.{field}={getattr(self, field)!r}: use one of {("auto",) + values}, or leave it '
+                        "empty for the model config's (docs/speed.md, \"The lowering\")")
     checks.number(self, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
     checks.number(self, 'decode_chunk', lo=1, hi=16, integer=True)
     checks.number(self, 'per_device_batch', lo=1, integer=True)
@@ -179,7 +185,7 @@ def resolve_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = N
   if source == 'random':
     if wanted is None:
       raise UserError("checkpoint='random' needs an explicit model config (--config.model=tiny or a JSON path)")
-    return Weights(None, wanted, RANDOM_PROVENANCE)
+    return Weights(None, with_lowering(wanted, s), RANDOM_PROVENANCE)
   if not source:
     raise UserError('no checkpoint given. ' + WEIGHTS_HELP)
   path = pathlib.Path(source)
@@ -203,7 +209,14 @@ def resolve_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = N
   provenance = src.get('ckpt_sha256') or f'orbax:{path.resolve()} (no conversion record)'
   if src.get('clip_sha256'):
     provenance += f"+clip:{src['clip_sha256']}"
-  return Weights(path, stored if wanted is None else wanted, provenance)
+  return Weights(path, with_lowering(stored if wanted is None else wanted, s), provenance)
+
+
+def with_lowering(config: ModelConfig, s: SampleSettings) -> ModelConfig:
+  """`config` under the lowering `s` asks for (conv_impl / attn_impl; '' keeps the config's own). A speed choice:
+  the same params, float32 rounding aside the same numbers (docs/speed.md, "The lowering")."""
+  change = {f: str(getattr(s, f)) for f in ('conv_impl', 'attn_impl') if getattr(s, f)}
+  return dataclasses.replace(config, **change) if change else config
 
 
 def load_params(weights: Weights, seed: int):
