@@ -116,6 +116,8 @@ ATTN_IMPLS = ('fast', 'reference')
 # lowering is as fast at full size and faster on the tiny model. TPU is not measured: XLA's native convolutions
 # and the literal attention there until a measurement says otherwise.
 BACKEND_LOWERING = {'cpu': ('tuned', 'fast'), 'gpu': ('tuned', 'fast'), 'tpu': ('xla', 'reference')}
+# The lowering fields of ModelConfig and the values each takes ('auto': BACKEND_LOWERING).
+LOWERING_FIELDS = {'conv_impl': ('auto',) + CONV_IMPLS, 'attn_impl': ('auto',) + ATTN_IMPLS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,10 +204,9 @@ class ModelConfig:
   attn_impl: str = 'auto'
 
   def __post_init__(self):
-    if self.conv_impl not in ('auto',) + CONV_IMPLS:
-      raise ValueError(f"ModelConfig.conv_impl={self.conv_impl!r}: use one of {('auto',) + CONV_IMPLS}")
-    if self.attn_impl not in ('auto',) + ATTN_IMPLS:
-      raise ValueError(f"ModelConfig.attn_impl={self.attn_impl!r}: use one of {('auto',) + ATTN_IMPLS}")
+    for field, values in LOWERING_FIELDS.items():
+      if getattr(self, field) not in values:
+        raise ValueError(f'ModelConfig.{field}={getattr(self, field)!r}: use one of {values}')
 
   @property
   def latent_size(self) -> int:

@@ -177,6 +177,7 @@ train_step = jax.jit(_step, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
 
 
 STEPS_PER_CALL = 10     # the most train steps one call of train_steps_indexed runs
+_fold_steps = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))   # (key, steps [K]) -> K keys
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'tc'), donate_argnums=(0,))
@@ -289,7 +290,6 @@ def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
   total = table['rays_o'].shape[0]
   fg_index = data['fg_index']
   history = []
-  fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
   bar = None
   if progress:
     bar = tqdm(total=tc.total_steps, initial=start, desc='neus', unit='step', dynamic_ncols=True)
@@ -303,7 +303,7 @@ def _loop(state, start, seed_key, data, cfg, tc, lc, manager, progress, on_log):
       indices = np.zeros((STEPS_PER_CALL, lc.batch_num + (lc.fg_num if len(fg_index) else 0)), np.int32)
       for i, step in enumerate(range(first, done)):
         indices[i] = neus_data.batch_indices(step, lc.seed, total, lc.batch_num, fg_index, lc.fg_num)
-      keys = fold(seed_key, jnp.arange(first, first + STEPS_PER_CALL, dtype=jnp.uint32))   # fold_in(seed key, step)
+      keys = _fold_steps(seed_key, jnp.arange(first, first + STEPS_PER_CALL, dtype=jnp.uint32))   # fold_in(seed key, step)
       state, metrics = train_steps_indexed(state, table, indices, keys, np.int32(done - first), cfg, tc)
       if done % lc.log_every == 0 or done == tc.total_steps:
         row = {'step': done, 'seconds': time.time() - t0, **{k: float(v) for k, v in metrics.items()}}

@@ -40,7 +40,7 @@ from hv_jax.data import matting, preprocess
 from hv_jax.data import views as views_lib
 from hv_jax.data.views import NUM_VIEWS, join_strip, to_uint8
 from hv_jax.errors import UserError
-from hv_jax.models.config import ATTN_IMPLS, CONV_IMPLS, ModelConfig
+from hv_jax.models.config import LOWERING_FIELDS, ModelConfig
 from hv_jax.models.init import random_params
 from hv_jax.sampling import modes, schedule
 from hv_jax.sampling.sampler import Sampler, SamplerConfig, batch_arrays, input_id_of
@@ -122,10 +122,10 @@ class SampleSettings:
       if int(getattr(self, field)) == 0:
         raise UserError(f'--config.{field}=0: must be -1 (keep the framing) or in [1, 256]')
     matting.check_settings(self.matting, self.matting_model)
-    for field, values in (('conv_impl', CONV_IMPLS), ('attn_impl', ATTN_IMPLS)):
-      if str(getattr(self, field)) not in ('', 'auto') + values:
-        raise UserError(f'--config.{field}={getattr(self, field)!r}: use one of {("auto",) + values}, or leave it '
-                        "empty for the model config's (docs/speed.md, \"The lowering\")")
+    for field, values in LOWERING_FIELDS.items():
+      if getattr(self, field) and str(getattr(self, field)) not in values:
+        raise UserError(f'--config.{field}={getattr(self, field)!r}: use one of {values}, or leave it empty for the '
+                        "model config's (docs/speed.md, \"The lowering\")")
     checks.number(self, 'batch_view_num', lo=0, integer=True, hint='views per UNet call; 0 = all at once')
     checks.number(self, 'decode_chunk', lo=1, hi=16, integer=True)
     checks.number(self, 'per_device_batch', lo=1, integer=True)
@@ -215,7 +215,7 @@ def resolve_weights(s: SampleSettings, convert_ckpt: Optional[CkptConverter] = N
 def with_lowering(config: ModelConfig, s: SampleSettings) -> ModelConfig:
   """`config` under the lowering `s` asks for (conv_impl / attn_impl; '' keeps the config's own). A speed choice:
   the same params, float32 rounding aside the same numbers (docs/speed.md, "The lowering")."""
-  change = {f: str(getattr(s, f)) for f in ('conv_impl', 'attn_impl') if getattr(s, f)}
+  change = {f: str(getattr(s, f)) for f in LOWERING_FIELDS if getattr(s, f)}
   return dataclasses.replace(config, **change) if change else config
 
 
